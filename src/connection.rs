@@ -1,0 +1,335 @@
+//! One peer: its socket, its unparsed input, its write queue and its phase.
+//!
+//! A connection starts in [`Phase::Http`], may become a [`Phase::WebSocket`] after
+//! the RFC 6455 §4 handshake, and ends in [`Phase::Draining`]: after its last bytes
+//! are flushed, the server half-closes TCP and reads until the peer closes too
+//! (§7.1.1: the server closes the TCP connection first), so the peer never sees a
+//! reset that could destroy our last frame. The server decides; this module holds
+//! the state and does the socket writes.
+
+use crate::chat::SharedFrame;
+use crate::message::Receiver;
+use mio::net::TcpStream;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Where a connection is in its life.
+#[derive(Debug)]
+pub enum Phase {
+    /// Reading HTTP requests (keep-alive and pipelining allowed).
+    Http,
+    /// Upgraded: exchanging frames.
+    WebSocket(WebSocket),
+    /// Our last bytes are out and our side of TCP is shut; discarding input until
+    /// the peer closes or the deadline passes.
+    Draining,
+}
+
+/// What a WebSocket connection is for.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// `/echo`: every message comes back as it came.
+    Echo,
+    /// `/chat[/room]`: a member of a chat room.
+    Chat { room: Rc<str>, name: Rc<str> },
+}
+
+/// The state of an upgraded connection.
+#[derive(Debug)]
+pub struct WebSocket {
+    pub endpoint: Endpoint,
+    pub receiver: Receiver,
+    /// We sent a close frame: send nothing more (§5.5.1).
+    pub close_sent: bool,
+    /// Our last ping has not been answered yet.
+    pub awaiting_pong: bool,
+    /// When the next heartbeat ping is due.
+    pub next_ping: Instant,
+    /// Still counted as a member of its chat room.
+    pub in_room: bool,
+}
+
+/// What to do once the write queue is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFlush {
+    KeepOpen,
+    /// Shut our side of TCP and drain: the response or close frame was the last.
+    Shutdown,
+}
+
+/// One peer of the server.
+#[derive(Debug)]
+pub struct Connection {
+    pub socket: TcpStream,
+    pub peer: SocketAddr,
+    pub phase: Phase,
+    /// HTTP bytes not yet parsed (empty once upgraded).
+    pub input: Vec<u8>,
+    /// How far the search for the end of the current request head has looked.
+    pub scanned: usize,
+    pub output: OutputQueue,
+    /// The current deadline: the request head (HTTP), the peer's close
+    /// (WebSocket after our close), or the peer's FIN (draining).
+    pub deadline: Option<Instant>,
+    pub after_flush: AfterFlush,
+    /// Already in the server's list of connections to flush.
+    pub flush_queued: bool,
+    /// Marked for removal at the end of the loop iteration; receives nothing more.
+    pub doomed: bool,
+}
+
+impl Connection {
+    pub fn new(socket: TcpStream, peer: SocketAddr, deadline: Instant) -> Self {
+        Connection {
+            socket,
+            peer,
+            phase: Phase::Http,
+            input: Vec::new(),
+            scanned: 0,
+            output: OutputQueue::default(),
+            deadline: Some(deadline),
+            after_flush: AfterFlush::KeepOpen,
+            flush_queued: false,
+            doomed: false,
+        }
+    }
+
+    /// The WebSocket state, if upgraded.
+    pub fn websocket(&mut self) -> Option<&mut WebSocket> {
+        match &mut self.phase {
+            Phase::WebSocket(ws) => Some(ws),
+            _ => None,
+        }
+    }
+
+    /// Whether new frames may still be queued to this peer.
+    pub fn accepts_frames(&self) -> bool {
+        !self.doomed
+            && self.after_flush == AfterFlush::KeepOpen
+            && matches!(&self.phase, Phase::WebSocket(ws) if !ws.close_sent)
+    }
+}
+
+/// Bytes waiting to be written, in order.
+#[derive(Debug, Clone)]
+enum Segment {
+    /// A frame shared with other connections (a broadcast).
+    Shared(SharedFrame),
+    /// Bytes for this connection only (echoes, pongs, HTTP responses).
+    Owned(Vec<u8>),
+}
+
+impl Segment {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Segment::Shared(frame) => frame,
+            Segment::Owned(bytes) => bytes,
+        }
+    }
+}
+
+/// Most segments handed to one `write_vectored` call (Linux allows 1024).
+const MAX_IOVECS: usize = 64;
+/// An owned buffer larger than this is freed instead of kept for reuse, so an idle
+/// connection holds little memory.
+const KEEP_SPARE_CAPACITY: usize = 16 * 1024;
+
+/// A connection's write queue. Broadcast frames are queued by reference; owned
+/// bytes are appended to the last owned segment, so small replies coalesce.
+/// `flush` writes many segments per system call.
+#[derive(Debug, Default)]
+pub struct OutputQueue {
+    segments: VecDeque<Segment>,
+    /// Bytes of the front segment already written.
+    front_written: usize,
+    /// Bytes queued and not yet written.
+    queued: usize,
+    /// An emptied owned buffer kept for the next owned segment.
+    spare: Vec<u8>,
+}
+
+/// How a flush ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything queued was written.
+    All,
+    /// The socket is full; a writable event will say when to go on.
+    WouldBlock,
+}
+
+impl OutputQueue {
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    /// Queues a shared frame.
+    pub fn push_shared(&mut self, frame: &SharedFrame) {
+        self.queued += frame.len();
+        self.segments.push_back(Segment::Shared(Rc::clone(frame)));
+    }
+
+    /// Queues bytes written by `encode` into an owned buffer.
+    pub fn push_owned(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        if !matches!(self.segments.back(), Some(Segment::Owned(_))) {
+            self.segments
+                .push_back(Segment::Owned(std::mem::take(&mut self.spare)));
+        }
+        if let Some(Segment::Owned(buf)) = self.segments.back_mut() {
+            let before = buf.len();
+            encode(buf);
+            self.queued += buf.len() - before;
+        }
+    }
+
+    /// Drops every segment that has not started to go out, so that a slow reader's
+    /// backlog is freed at once. A partly written segment stays: cutting a frame
+    /// in half would corrupt the stream.
+    pub fn discard_unstarted(&mut self) {
+        let keep = usize::from(self.front_written > 0);
+        while self.segments.len() > keep {
+            if let Some(segment) = self.segments.pop_back() {
+                self.queued -= segment.bytes().len();
+            }
+        }
+    }
+
+    /// Writes as much as the socket takes, many segments per call. Returns the
+    /// bytes written and how it ended.
+    pub fn flush(&mut self, socket: &mut impl Write) -> io::Result<(usize, Flushed)> {
+        let mut written_total = 0;
+        while !self.segments.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (i, segment) in self.segments.iter().take(MAX_IOVECS).enumerate() {
+                let bytes = segment.bytes();
+                slices[count] = IoSlice::new(if i == 0 {
+                    &bytes[self.front_written..]
+                } else {
+                    bytes
+                });
+                count += 1;
+            }
+            let written = match socket.write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((written_total, Flushed::WouldBlock))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            written_total += written;
+            self.advance(written);
+        }
+        Ok((written_total, Flushed::All))
+    }
+
+    /// Marks `n` bytes as written, retiring finished segments.
+    fn advance(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let Some(front) = self.segments.front() else {
+                break;
+            };
+            let left = front.bytes().len() - self.front_written;
+            if n < left {
+                self.front_written += n;
+                return;
+            }
+            n -= left;
+            self.front_written = 0;
+            if let Some(Segment::Owned(mut buf)) = self.segments.pop_front() {
+                if buf.capacity() <= KEEP_SPARE_CAPACITY && buf.capacity() > self.spare.capacity() {
+                    buf.clear();
+                    self.spare = buf;
+                }
+            }
+        }
+        if self.segments.is_empty() {
+            self.front_written = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that takes at most `limit` bytes per call, then would block.
+    struct Trickle {
+        taken: Vec<u8>,
+        per_call: usize,
+        calls_left: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.calls_left == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.calls_left -= 1;
+            let mut n = 0;
+            for b in bufs {
+                let take = (self.per_call - n).min(b.len());
+                self.taken.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn segments_go_out_in_order_across_short_writes() {
+        let mut q = OutputQueue::default();
+        let shared: SharedFrame = b"BROADCAST".to_vec().into();
+        q.push_owned(|b| b.extend_from_slice(b"one"));
+        q.push_owned(|b| b.extend_from_slice(b"two")); // coalesces
+        q.push_shared(&shared);
+        q.push_owned(|b| b.extend_from_slice(b"three"));
+        assert_eq!(q.queued(), 20);
+        let mut sock = Trickle {
+            taken: Vec::new(),
+            per_call: 4,
+            calls_left: 2,
+        };
+        assert_eq!(q.flush(&mut sock).unwrap(), (8, Flushed::WouldBlock));
+        assert_eq!(q.queued(), 12);
+        sock.calls_left = 100;
+        assert_eq!(q.flush(&mut sock).unwrap(), (12, Flushed::All));
+        assert_eq!(sock.taken, b"onetwoBROADCASTthree");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn discarding_keeps_a_partly_written_frame_whole() {
+        let mut q = OutputQueue::default();
+        let frame: SharedFrame = b"0123456789".to_vec().into();
+        q.push_shared(&frame);
+        q.push_shared(&frame);
+        let mut sock = Trickle {
+            taken: Vec::new(),
+            per_call: 3,
+            calls_left: 1,
+        };
+        q.flush(&mut sock).unwrap();
+        q.discard_unstarted();
+        assert_eq!(q.queued(), 7);
+        sock.calls_left = 100;
+        q.flush(&mut sock).unwrap();
+        assert_eq!(sock.taken, b"0123456789");
+    }
+}

@@ -1,0 +1,322 @@
+//! The opening handshake: deciding whether an HTTP request may become a WebSocket.
+//!
+//! Implements RFC 6455 §4.2.1 (reading the client's handshake), §4.2.2 (the 101
+//! response and `Sec-WebSocket-Accept`) and §10.2 (the `Origin` check against
+//! cross-site WebSocket hijacking). Sans-IO: a parsed [`Request`] in, either the
+//! response bytes or an [`HttpError`] with the status to send.
+
+use crate::http::{HttpError, Request, Status};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use sha1::{Digest, Sha1};
+
+/// The GUID of §1.3, appended to the client's key before hashing.
+pub const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+/// The only protocol version this server speaks (§4.1, §11.6).
+pub const WEBSOCKET_VERSION: &str = "13";
+/// A `Sec-WebSocket-Key` is 16 random bytes, base64-encoded (§4.1).
+const KEY_BYTES: usize = 16;
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (§4.2.2 step 5.4):
+/// base64(SHA-1(key + GUID)).
+pub fn accept_key(key: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(WEBSOCKET_GUID.as_bytes());
+    BASE64.encode(sha.finalize())
+}
+
+/// Which browser origins may open a WebSocket here (§10.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OriginPolicy {
+    /// Extra origins allowed besides the server's own, as `scheme://host[:port]`,
+    /// compared case-insensitively; `*` allows every origin.
+    pub allowed: Vec<String>,
+}
+
+impl OriginPolicy {
+    /// Whether a request with this `Origin` and `Host` may upgrade. A request
+    /// without `Origin` does not come from a browser page (load tools, native
+    /// clients) and is allowed: the check protects browsers' users, whose cookies
+    /// a hostile page could otherwise ride on.
+    pub fn allows(&self, origin: Option<&str>, host: &str) -> bool {
+        let Some(origin) = origin else {
+            return true;
+        };
+        let origin = origin.trim();
+        if self
+            .allowed
+            .iter()
+            .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+        {
+            return true;
+        }
+        same_origin_as_host(origin, host)
+    }
+}
+
+/// Whether `origin` (`scheme://authority`) names the same host and port as `host`.
+fn same_origin_as_host(origin: &str, host: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false; // e.g. "null" from a sandboxed page or a file
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => return false,
+    };
+    let with_port = |a: &str| -> String {
+        let a = a.to_ascii_lowercase();
+        // An authority has a port if a ':' follows the last ']' (IPv6 literal).
+        let after_brackets = a.rsplit(']').next().unwrap_or("");
+        if after_brackets.contains(':') {
+            a
+        } else {
+            format!("{a}:{default_port}")
+        }
+    };
+    with_port(authority) == with_port(host.trim())
+}
+
+/// Checks a request that asks for an upgrade, per §4.2.1, in the order the RFC
+/// lists the fields. Returns the `101 Switching Protocols` response to send.
+pub fn accept_upgrade(request: &Request, origins: &OriginPolicy) -> Result<Vec<u8>, HttpError> {
+    // 1. An HTTP/1.1 or higher GET request.
+    if request.method != "GET" {
+        return Err(HttpError::new(
+            Status::MethodNotAllowed,
+            "WebSocket upgrade must use GET",
+        ));
+    }
+    if request.minor_version < 1 {
+        return Err(HttpError::new(
+            Status::BadRequest,
+            "WebSocket upgrade needs HTTP/1.1",
+        ));
+    }
+    // 2. A Host header field.
+    let Some(host) = request.header("Host") else {
+        return Err(HttpError::new(Status::BadRequest, "missing Host header"));
+    };
+    // 3. An Upgrade header field whose value includes "websocket". A plain page
+    // request to a WebSocket endpoint is told that it must upgrade.
+    if request.header("Upgrade").is_none() {
+        return Err(HttpError::new(
+            Status::UpgradeRequired,
+            "this endpoint speaks WebSocket only",
+        ));
+    }
+    if !request.has_token("Upgrade", "websocket") {
+        return Err(HttpError::new(
+            Status::BadRequest,
+            "Upgrade is not websocket",
+        ));
+    }
+    // 4. A Connection header field that includes the token "Upgrade".
+    if !request.has_token("Connection", "upgrade") {
+        return Err(HttpError::new(
+            Status::BadRequest,
+            "Connection does not include upgrade",
+        ));
+    }
+    // 5. A Sec-WebSocket-Key that decodes to 16 bytes; exactly one.
+    let mut keys = request.headers_named("Sec-WebSocket-Key");
+    let (Some(key), None) = (keys.next(), keys.next()) else {
+        return Err(HttpError::new(
+            Status::BadRequest,
+            "missing or repeated Sec-WebSocket-Key",
+        ));
+    };
+    let key = key.trim();
+    match BASE64.decode(key) {
+        Ok(bytes) if bytes.len() == KEY_BYTES => {}
+        _ => {
+            return Err(HttpError::new(
+                Status::BadRequest,
+                "Sec-WebSocket-Key is not 16 bytes in base64",
+            ))
+        }
+    }
+    // 6. Sec-WebSocket-Version: 13; otherwise 426 naming the version we speak (§4.4).
+    let version_ok = request
+        .headers_named("Sec-WebSocket-Version")
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim() == WEBSOCKET_VERSION);
+    if !version_ok {
+        return Err(HttpError::new(
+            Status::UpgradeRequired,
+            "unsupported Sec-WebSocket-Version",
+        ));
+    }
+    // §10.2: refuse pages from other sites.
+    if !origins.allows(request.header("Origin"), host) {
+        return Err(HttpError::new(Status::Forbidden, "Origin not allowed"));
+    }
+    // No subprotocol and no extension is selected, so neither header is sent.
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\n\
+         Upgrade: websocket\r\n\
+         Connection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        accept_key(key)
+    );
+    Ok(response.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{parse_request, RequestLimits};
+
+    const LIMITS: RequestLimits = RequestLimits {
+        max_header_bytes: 8192,
+        max_headers: 64,
+    };
+
+    fn request(head: &str) -> Request {
+        let text = format!("{head}\r\n\r\n")
+            .replace('\n', "\r\n")
+            .replace("\r\r", "\r");
+        parse_request(text.as_bytes(), &mut 0, LIMITS)
+            .unwrap()
+            .unwrap()
+            .0
+    }
+
+    const GOOD: &str = "GET /chat HTTP/1.1
+Host: server.example.com
+Upgrade: websocket
+Connection: Upgrade
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==
+Origin: http://server.example.com
+Sec-WebSocket-Version: 13";
+
+    fn status(head: &str) -> Status {
+        accept_upgrade(&request(head), &OriginPolicy::default())
+            .unwrap_err()
+            .status
+    }
+
+    // ---- §1.3 and §4.2.2: the accept key ----
+
+    #[test]
+    fn rfc_1_3_accept_key() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn a_good_request_gets_101() {
+        let response = accept_upgrade(&request(GOOD), &OriginPolicy::default()).unwrap();
+        let text = String::from_utf8(response).unwrap();
+        assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn header_names_and_tokens_are_case_insensitive() {
+        let head = GOOD
+            .replace("Upgrade: websocket", "upgrade: WebSocket")
+            .replace("Connection: Upgrade", "CONNECTION: keep-alive, UPGRADE");
+        assert!(accept_upgrade(&request(&head), &OriginPolicy::default()).is_ok());
+    }
+
+    // ---- §4.2.1: each required field ----
+
+    #[test]
+    fn rejections() {
+        assert_eq!(
+            status(&GOOD.replace("GET", "POST")),
+            Status::MethodNotAllowed
+        );
+        assert_eq!(
+            status(&GOOD.replace("HTTP/1.1", "HTTP/1.0")),
+            Status::BadRequest
+        );
+        assert_eq!(
+            status(&GOOD.replace("Host: server.example.com\n", "")),
+            Status::BadRequest
+        );
+        assert_eq!(
+            status(&GOOD.replace("Upgrade: websocket\n", "")),
+            Status::UpgradeRequired
+        );
+        assert_eq!(
+            status(&GOOD.replace("Upgrade: websocket", "Upgrade: h2c")),
+            Status::BadRequest
+        );
+        assert_eq!(
+            status(&GOOD.replace("Connection: Upgrade", "Connection: keep-alive")),
+            Status::BadRequest
+        );
+        assert_eq!(
+            status(&GOOD.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n", "")),
+            Status::BadRequest
+        );
+        assert_eq!(
+            status(&GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")),
+            Status::BadRequest
+        );
+        assert_eq!(
+            status(&GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "!!notbase64!!")),
+            Status::BadRequest
+        );
+        let twice = GOOD.replace(
+            "Origin:",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\nOrigin:",
+        );
+        assert_eq!(status(&twice), Status::BadRequest);
+        assert_eq!(
+            status(&GOOD.replace("Version: 13", "Version: 8")),
+            Status::UpgradeRequired
+        );
+        assert_eq!(
+            status(&GOOD.replace("Sec-WebSocket-Version: 13", "X: y")),
+            Status::UpgradeRequired
+        );
+    }
+
+    // ---- §10.2: Origin ----
+
+    #[test]
+    fn origin_policy() {
+        let policy = OriginPolicy::default();
+        assert!(policy.allows(None, "a:8080"));
+        assert!(policy.allows(Some("http://a:8080"), "a:8080"));
+        assert!(policy.allows(Some("HTTP://A:8080"), "a:8080"));
+        assert!(policy.allows(Some("http://a"), "a:80"));
+        assert!(policy.allows(Some("https://a"), "a"));
+        assert!(policy.allows(Some("http://[::1]:8080"), "[::1]:8080"));
+        assert!(!policy.allows(Some("http://evil.example"), "a:8080"));
+        assert!(!policy.allows(Some("http://a:9999"), "a:8080"));
+        assert!(!policy.allows(Some("null"), "a:8080"));
+        let wider = OriginPolicy {
+            allowed: vec!["https://chat.example.com".into()],
+        };
+        assert!(wider.allows(Some("https://chat.example.com"), "internal:8080"));
+        assert!(!wider.allows(Some("https://other.example.com"), "internal:8080"));
+        let any = OriginPolicy {
+            allowed: vec!["*".into()],
+        };
+        assert!(any.allows(Some("null"), "a"));
+        assert_eq!(
+            status(&GOOD.replace("http://server.example.com", "http://evil.example")),
+            Status::Forbidden
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(method in "[A-Z]{1,6}", key in ".{0,30}", version in ".{0,4}", origin in ".{0,30}") {
+            let head = format!(
+                "{method} / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\nOrigin: {origin}\r\n\r\n"
+            );
+            if let Ok(Some((req, _))) = parse_request(head.as_bytes(), &mut 0, LIMITS) {
+                let _ = accept_upgrade(&req, &OriginPolicy::default());
+            }
+        }
+    }
+}

@@ -1,0 +1,1159 @@
+//! The event loop: one `mio::Poll`, the listener, every connection in a `Slab`.
+//!
+//! Read this file first. One iteration of [`Server::run`] does, in order: wait for
+//! readiness (no longer than the next timer), accept, read each ready connection
+//! until `WouldBlock` and act on what it said, run the timers, flush every
+//! connection that has output, and free the connections that were closed during the
+//! iteration. mio is edge-triggered: a socket that is not drained to `WouldBlock`
+//! gets no new event, so any work left over (accepts past the per-wake bound, reads
+//! past the per-wake budget) is remembered and makes the next poll return at once.
+//!
+//! The protocol work lives elsewhere: `http` and `handshake` (RFC 6455 §4),
+//! `message` and `frame` (§5, §7), `chat` (rooms). This module moves bytes between
+//! them and the sockets, and enforces the limits of `Config`.
+
+use crate::chat::{self, Chat, SharedFrame};
+use crate::config::Config;
+use crate::connection::{AfterFlush, Connection, Endpoint, Flushed, Phase, WebSocket};
+use crate::frame::{self, OpCode};
+use crate::handshake::{self, OriginPolicy};
+use crate::http::{self, HttpError, Request, RequestLimits, Response, StaticFiles, Status};
+use crate::message::{self, CloseCode, Event, MessageKind, ProtocolError, Receiver};
+use crate::metrics::{self, Gauges, Metrics};
+use log::{debug, error, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use std::borrow::Cow;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The listening socket's token. Connection tokens are slab keys, far below these.
+const LISTENER: Token = Token(usize::MAX - 1);
+/// The token of the waker that [`ServerHandle::stop`] uses.
+const WAKER: Token = Token(usize::MAX - 2);
+/// The token of the SIGINT/SIGTERM source, when signals are handled.
+const SIGNALS: Token = Token(usize::MAX - 3);
+
+/// Connections accepted per wake-up, so an accept flood cannot starve the peers
+/// already connected. More are taken on the next iteration.
+const ACCEPTS_PER_WAKE: usize = 256;
+/// Reads from one socket per wake-up (each up to `READ_BUFFER_SIZE`), so one fast
+/// sender cannot starve the others. The rest is read on the next iteration.
+const READS_PER_WAKE: usize = 16;
+/// One read takes up to this much: enough for everything a loopback socket holds
+/// in the common case, so one `read` call empties it.
+const READ_BUFFER_SIZE: usize = 256 * 1024;
+/// After an `accept` error such as EMFILE, wait this long before accepting again,
+/// instead of spinning on a listener that stays ready.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Descriptors kept free for the listener, the poll, logs and static files when
+/// the connection limit is derived from RLIMIT_NOFILE.
+const RESERVED_FDS: u64 = 64;
+
+/// Stops a running server from another thread.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ServerHandle {
+    /// Asks the server to shut down gracefully: stop accepting, send close 1001 to
+    /// every WebSocket peer, flush, and return from `run`.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            error!("could not wake the server loop: {e}");
+        }
+    }
+}
+
+/// A server running on its own thread (for tests, benchmarks and embedding).
+#[derive(Debug)]
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub handle: ServerHandle,
+    thread: JoinHandle<io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops the server and waits for its thread.
+    pub fn stop(self) -> io::Result<()> {
+        self.handle.stop();
+        self.thread
+            .join()
+            .map_err(|_| io::Error::other("server thread panicked"))?
+    }
+}
+
+/// Binds a server with `config` on a new thread and returns once it listens.
+pub fn spawn(config: Config) -> io::Result<RunningServer> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("loopchat".into())
+        .spawn(move || {
+            let server = match Server::bind(config) {
+                Ok(server) => server,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            let _ = tx.send(Ok((server.local_addr()?, server.handle())));
+            server.run()
+        })?;
+    let (addr, handle) = rx
+        .recv()
+        .map_err(|_| io::Error::other("server thread ended early"))??;
+    Ok(RunningServer {
+        addr,
+        handle,
+        thread,
+    })
+}
+
+/// Work found during an iteration, done at its end.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Connections with output to flush.
+    flush: Vec<usize>,
+    /// Connections whose queue passed `max_output` during a broadcast.
+    slow: Vec<usize>,
+    /// Connections to free.
+    doomed: Vec<usize>,
+    /// Connections that still had input when their read budget ran out.
+    read_more: Vec<usize>,
+}
+
+/// The chat server: all state, owned by the loop.
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    config: Config,
+    max_connections: usize,
+    static_files: StaticFiles,
+    origins: OriginPolicy,
+    connections: Slab<Connection>,
+    chat: Chat,
+    metrics: Metrics,
+    pending: Pending,
+    /// One read buffer for all connections: idle connections hold none.
+    read_buffer: Vec<u8>,
+    /// The listener may have connections we have not accepted yet.
+    accept_ready: bool,
+    accept_paused_until: Option<Instant>,
+    /// Refusals since the last log line about them (logged once per tick).
+    refused_unlogged: u64,
+    tick: Duration,
+    next_tick: Instant,
+    /// Set once shutdown begins: when the loop must end at the latest.
+    shutdown_deadline: Option<Instant>,
+}
+
+impl Server {
+    /// Binds the listener and prepares the loop. Raises the open-files soft limit
+    /// to the hard limit, and derives the connection limit from it unless
+    /// `config.max_connections` is set.
+    pub fn bind(config: Config) -> io::Result<Server> {
+        let fd_limit = raise_fd_limit();
+        let max_connections = config.max_connections.unwrap_or_else(|| {
+            fd_limit
+                .map(|limit| limit.saturating_sub(RESERVED_FDS).max(1) as usize)
+                .unwrap_or(1024)
+        });
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(config.addr)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let tick = [
+            config.ping_interval,
+            config.handshake_timeout,
+            config.close_timeout,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(Duration::from_secs(1))
+        .div_f64(4.0)
+        .clamp(Duration::from_millis(5), Duration::from_secs(1));
+        info!(
+            "listening on http://{local_addr} (open-files limit {}, up to {max_connections} connections)",
+            fd_limit.map_or("unknown".to_string(), |l| l.to_string())
+        );
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            waker,
+            stop: Arc::new(AtomicBool::new(false)),
+            signals: None,
+            static_files: match &config.static_dir {
+                Some(dir) => StaticFiles::Dir(dir.clone()),
+                None => StaticFiles::Embedded,
+            },
+            origins: OriginPolicy {
+                allowed: config.allowed_origins.clone(),
+            },
+            chat: Chat::new(config.history),
+            config,
+            max_connections,
+            connections: Slab::new(),
+            metrics: Metrics::default(),
+            pending: Pending::default(),
+            read_buffer: vec![0; READ_BUFFER_SIZE],
+            accept_ready: false,
+            accept_paused_until: None,
+            refused_unlogged: 0,
+            tick,
+            next_tick: Instant::now() + tick,
+            shutdown_deadline: None,
+        })
+    }
+
+    /// The address the listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local_addr)
+    }
+
+    /// A handle that stops the server from another thread.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            waker: Arc::clone(&self.waker),
+            stop: Arc::clone(&self.stop),
+        }
+    }
+
+    /// Makes SIGINT and SIGTERM start a graceful shutdown. For the binary; tests
+    /// use [`ServerHandle::stop`].
+    pub fn handle_signals(&mut self) -> io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// Runs the loop until a shutdown completes.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_ready = true,
+                    WAKER => {
+                        if self.stop.load(Ordering::SeqCst) {
+                            self.begin_shutdown("stop requested");
+                        }
+                    }
+                    SIGNALS => self.read_signals(),
+                    Token(key) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read_connection(key);
+                        }
+                        if event.is_writable() {
+                            self.queue_flush(key);
+                        }
+                    }
+                }
+            }
+            self.accept_connections();
+            self.read_leftovers();
+            if Instant::now() >= self.next_tick {
+                self.run_timers();
+            }
+            self.flush_pending_writes();
+            self.close_deferred();
+            if self.shutdown_complete() {
+                info!("shut down");
+                return Ok(());
+            }
+        }
+    }
+
+    /// How long the next poll may sleep: not past the next tick, and not at all
+    /// when work is left over from this iteration.
+    fn poll_timeout(&self) -> Duration {
+        let now = Instant::now();
+        let accept_now = self.accept_ready
+            && self.listener.is_some()
+            && self.accept_paused_until.is_none_or(|t| t <= now);
+        if accept_now || !self.pending.read_more.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut wake = self.next_tick;
+        if let Some(resume) = self.accept_paused_until.filter(|_| self.accept_ready) {
+            wake = wake.min(resume);
+        }
+        wake.saturating_duration_since(now)
+    }
+
+    // ---- Accepting ------------------------------------------------------------
+
+    /// Accepts waiting connections, at most `ACCEPTS_PER_WAKE` of them.
+    fn accept_connections(&mut self) {
+        if !self.accept_ready {
+            return;
+        }
+        let now = Instant::now();
+        if self.accept_paused_until.is_some_and(|t| t > now) {
+            return;
+        }
+        self.accept_paused_until = None;
+        for _ in 0..ACCEPTS_PER_WAKE {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((socket, peer)) => self.admit(socket, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_ready = false;
+                    return;
+                }
+                Err(e) if is_transient_accept_error(&e) => continue,
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the listener stays ready but
+                    // every accept would fail. Back off instead of spinning.
+                    self.metrics.accept_errors += 1;
+                    warn!(
+                        "accept failed: {e}; pausing accepts for {} ms",
+                        ACCEPT_BACKOFF.as_millis()
+                    );
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+        // The bound was reached: `accept_ready` stays set, so the next poll returns
+        // at once and the rest are accepted then.
+    }
+
+    /// Registers a new connection, or refuses it with 503 past the limit.
+    fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr) {
+        self.metrics.connections_accepted += 1;
+        if self.connections.len() >= self.max_connections {
+            self.metrics.connections_refused += 1;
+            self.refused_unlogged += 1;
+            metrics::count(&mut self.metrics.http_errors, 503);
+            let mut response = Vec::new();
+            Response::error(Status::ServiceUnavailable)
+                .with_header("Retry-After", "5")
+                .encode(&mut response, false, false);
+            // A fresh socket's send buffer is empty, so this write completes; if it
+            // does not, the peer sees the connection closed, which also says "no".
+            let _ = socket.write(&response);
+            let _ = socket.shutdown(Shutdown::Write);
+            return;
+        }
+        let _ = socket.set_nodelay(true);
+        let entry = self.connections.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut socket,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("{peer}: cannot register socket: {e}");
+            return;
+        }
+        let deadline = Instant::now() + self.config.handshake_timeout;
+        entry.insert(Connection::new(socket, peer, deadline));
+        info!("{peer} [{key}] connected");
+    }
+
+    // ---- Reading --------------------------------------------------------------
+
+    /// Reads from connection `key` until `WouldBlock`, its budget, or its end, and
+    /// acts on each piece as it arrives.
+    fn read_connection(&mut self, key: usize) {
+        // The shared buffer is moved out while in use so that the handlers below
+        // may borrow the rest of the server.
+        let mut buffer = std::mem::take(&mut self.read_buffer);
+        let mut budget_spent = true;
+        for _ in 0..READS_PER_WAKE {
+            let Some(conn) = self.connections.get_mut(key).filter(|c| !c.doomed) else {
+                budget_spent = false;
+                break;
+            };
+            match conn.socket.read(&mut buffer[..]) {
+                Ok(0) => {
+                    self.on_peer_closed(key);
+                    budget_spent = false;
+                    break;
+                }
+                Ok(n) => {
+                    self.metrics.bytes_in += n as u64;
+                    self.on_bytes(key, &buffer[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    budget_spent = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.drop_connection(key, &format!("read error: {e}"));
+                    budget_spent = false;
+                    break;
+                }
+            }
+        }
+        self.read_buffer = buffer;
+        // Not drained to WouldBlock: no new event will come for what is left, so
+        // the next iteration reads again (after the others had their turn).
+        if budget_spent {
+            self.pending.read_more.push(key);
+        }
+    }
+
+    /// Reads again from connections that ran out of read budget last time.
+    fn read_leftovers(&mut self) {
+        let keys = std::mem::take(&mut self.pending.read_more);
+        for key in keys {
+            self.read_connection(key);
+        }
+    }
+
+    /// Dispatches freshly read bytes by phase.
+    fn on_bytes(&mut self, key: usize, bytes: &[u8]) {
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
+        match conn.phase {
+            Phase::Http => {
+                conn.input.extend_from_slice(bytes);
+                self.serve_http(key);
+            }
+            Phase::WebSocket(_) => self.on_websocket_bytes(key, bytes),
+            Phase::Draining => {} // discarded: we are only waiting for the FIN
+        }
+    }
+
+    /// The peer closed its side (read returned 0).
+    fn on_peer_closed(&mut self, key: usize) {
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
+        let reason = match &conn.phase {
+            Phase::Http => "closed",
+            Phase::WebSocket(_) => "closed without a close frame (1006)",
+            Phase::Draining => "closed",
+        };
+        if matches!(conn.phase, Phase::WebSocket(_)) {
+            metrics::count(&mut self.metrics.closes_received, CloseCode::ABNORMAL.0);
+        }
+        self.drop_connection(key, reason);
+    }
+
+    // ---- HTTP -------------------------------------------------------------------
+
+    /// Serves every complete request in the connection's input, in order.
+    fn serve_http(&mut self, key: usize) {
+        let limits = RequestLimits {
+            max_header_bytes: self.config.max_header_bytes,
+            max_headers: self.config.max_headers,
+        };
+        loop {
+            let Some(conn) = self.connections.get_mut(key) else {
+                return;
+            };
+            if !matches!(conn.phase, Phase::Http) || conn.after_flush != AfterFlush::KeepOpen {
+                return;
+            }
+            let parsed = http::parse_request(&conn.input, &mut conn.scanned, limits);
+            match parsed {
+                Ok(None) => return,
+                Ok(Some((request, head_len))) => {
+                    conn.input.drain(..head_len);
+                    conn.scanned = 0;
+                    self.metrics.http_requests += 1;
+                    self.handle_request(key, request);
+                }
+                Err(error) => {
+                    self.reject(key, error, None);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Routes one request: an upgrade, the metrics page, or a static file.
+    fn handle_request(&mut self, key: usize, request: Request) {
+        let path = request.path().to_string();
+        let endpoint = if path == "/echo" {
+            Some(Ok(Endpoint::Echo))
+        } else if path == "/chat" || path.starts_with("/chat/") {
+            let room = path.strip_prefix("/chat/").unwrap_or(chat::DEFAULT_ROOM);
+            Some(if chat::is_valid_room(room) {
+                let name = chat::display_name(request.query_param("name").as_deref(), key);
+                Ok(Endpoint::Chat {
+                    room: room.into(),
+                    name: name.into(),
+                })
+            } else {
+                Err(HttpError::new(Status::NotFound, "invalid room name"))
+            })
+        } else {
+            None
+        };
+        match endpoint {
+            Some(Ok(endpoint)) => match handshake::accept_upgrade(&request, &self.origins) {
+                Ok(response) => self.upgrade(key, endpoint, &request, response),
+                Err(error) => self.reject(key, error, Some(&request)),
+            },
+            Some(Err(error)) => self.reject(key, error, Some(&request)),
+            None => self.serve_page(key, &request, &path),
+        }
+    }
+
+    /// Answers a plain HTTP request: `/metrics` or a static file.
+    fn serve_page(&mut self, key: usize, request: &Request, path: &str) {
+        let head_only = match request.method.as_str() {
+            "GET" => false,
+            "HEAD" => true,
+            _ => {
+                let error = HttpError::new(Status::MethodNotAllowed, "only GET and HEAD");
+                return self.reject(key, error, Some(request));
+            }
+        };
+        let response = if path == "/metrics" {
+            let body = self.metrics.render(self.gauges());
+            Response::new(
+                Status::Ok,
+                "text/plain; version=0.0.4; charset=utf-8",
+                Cow::Owned(body.into_bytes()),
+            )
+        } else {
+            match self.static_files.lookup(path) {
+                Some((body, content_type)) => Response::new(Status::Ok, content_type, body)
+                    .with_header("Cache-Control", "no-cache"),
+                None => {
+                    let error = HttpError::new(Status::NotFound, "no such file");
+                    return self.reject(key, error, Some(request));
+                }
+            }
+        };
+        let keep_alive = request.keep_alive();
+        debug!(
+            "{} [{key}] {} {} -> 200",
+            self.peer(key),
+            request.method,
+            request.target
+        );
+        self.respond(key, &response, head_only, keep_alive);
+    }
+
+    /// Sends an error response and closes after it.
+    fn reject(&mut self, key: usize, error: HttpError, request: Option<&Request>) {
+        metrics::count(&mut self.metrics.http_errors, error.status.code());
+        let mut response = Response::error(error.status);
+        if error.status == Status::UpgradeRequired {
+            response = response
+                .with_header("Sec-WebSocket-Version", handshake::WEBSOCKET_VERSION)
+                .with_header("Upgrade", "websocket");
+        }
+        if error.status == Status::MethodNotAllowed {
+            response = response.with_header("Allow", "GET, HEAD");
+        }
+        let what = request.map_or(String::new(), |r| format!(" {} {}", r.method, r.target));
+        info!("{} [{key}]{what} -> {error}", self.peer(key));
+        let head_only = request.is_some_and(|r| r.method == "HEAD");
+        self.respond(key, &response, head_only, false);
+    }
+
+    /// Queues a response; without keep-alive the connection closes after it.
+    fn respond(&mut self, key: usize, response: &Response, head_only: bool, keep_alive: bool) {
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
+        conn.output
+            .push_owned(|out| response.encode(out, head_only, keep_alive));
+        if keep_alive {
+            // The next request gets a fresh deadline.
+            conn.deadline = Some(Instant::now() + self.config.handshake_timeout);
+        } else {
+            conn.after_flush = AfterFlush::Shutdown;
+            conn.input = Vec::new();
+        }
+        self.queue_flush(key);
+    }
+
+    /// Switches a connection to WebSocket after a valid handshake (§4.2.2).
+    fn upgrade(&mut self, key: usize, endpoint: Endpoint, request: &Request, response: Vec<u8>) {
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
+        conn.output
+            .push_owned(|out| out.extend_from_slice(&response));
+        conn.deadline = None;
+        conn.phase = Phase::WebSocket(WebSocket {
+            endpoint: endpoint.clone(),
+            receiver: Receiver::new(self.config.max_message_size),
+            close_sent: false,
+            awaiting_pong: false,
+            next_ping: Instant::now() + self.config.ping_interval,
+            in_room: matches!(endpoint, Endpoint::Chat { .. }),
+        });
+        // Bytes that came right behind the request are the first frame bytes.
+        let leftover = std::mem::take(&mut conn.input);
+        self.metrics.upgrades += 1;
+        let peer = conn.peer;
+        self.queue_flush(key);
+        match &endpoint {
+            Endpoint::Echo => info!("{peer} [{key}] upgraded: {}", request.target),
+            Endpoint::Chat { room, name } => {
+                info!(
+                    "{peer} [{key}] upgraded: {} as {name:?} in room {room:?}",
+                    request.target
+                );
+                let Self {
+                    chat,
+                    connections,
+                    pending,
+                    metrics,
+                    config,
+                    ..
+                } = self;
+                chat.join(room, key, name, unix_millis(), &mut |member, frame| {
+                    deliver(
+                        connections,
+                        pending,
+                        metrics,
+                        config.max_output,
+                        member,
+                        frame,
+                    )
+                });
+                self.drop_slow_readers();
+            }
+        }
+        if !leftover.is_empty() {
+            self.on_websocket_bytes(key, &leftover);
+        }
+    }
+
+    // ---- WebSocket ---------------------------------------------------------------
+
+    /// Feeds frame bytes to the connection's receiver and acts on each event.
+    fn on_websocket_bytes(&mut self, key: usize, bytes: &[u8]) {
+        let mut pos = 0;
+        loop {
+            let Some(conn) = self.connections.get_mut(key).filter(|c| !c.doomed) else {
+                return;
+            };
+            let accepts_frames = conn.accepts_frames();
+            let Phase::WebSocket(ws) = &mut conn.phase else {
+                return;
+            };
+            let (consumed, event) = match ws.receiver.next_event(&bytes[pos..]) {
+                Ok(result) => result,
+                Err(error) => {
+                    self.fail_websocket(key, error);
+                    return;
+                }
+            };
+            pos += consumed;
+            let Some(event) = event else {
+                return;
+            };
+            match event {
+                Event::Message(kind, payload) => {
+                    self.metrics.messages_in += 1;
+                    if !accepts_frames {
+                        // We already said goodbye (§5.5.1: after a close frame,
+                        // send no more data); the message is dropped.
+                        continue;
+                    }
+                    match &ws.endpoint {
+                        Endpoint::Echo => {
+                            let opcode = match kind {
+                                MessageKind::Text => OpCode::Text,
+                                MessageKind::Binary => OpCode::Binary,
+                            };
+                            conn.output
+                                .push_owned(|out| frame::encode_frame(out, opcode, payload));
+                            self.metrics.frames_out += 1;
+                            self.after_owned_output(key);
+                        }
+                        Endpoint::Chat { room, name } => {
+                            let text = match (kind, std::str::from_utf8(payload)) {
+                                (MessageKind::Text, Ok(text)) => text,
+                                _ => {
+                                    let error = ProtocolError {
+                                        code: CloseCode::UNSUPPORTED_DATA,
+                                        reason: "the chat takes text messages only",
+                                    };
+                                    self.fail_websocket(key, error);
+                                    return;
+                                }
+                            };
+                            let frame = chat::message_frame(room, key, name, text, unix_millis());
+                            let room = Rc::clone(room);
+                            self.broadcast(&room, frame);
+                        }
+                    }
+                }
+                Event::Ping(payload) => {
+                    if accepts_frames {
+                        conn.output
+                            .push_owned(|out| frame::encode_frame(out, OpCode::Pong, payload));
+                        self.after_owned_output(key);
+                    }
+                }
+                Event::Pong(_) => ws.awaiting_pong = false,
+                Event::Close(code, reason) => {
+                    let code = code.unwrap_or(CloseCode::NO_STATUS);
+                    metrics::count(&mut self.metrics.closes_received, code.0);
+                    info!("{} [{key}] sent close {code} {reason:?}", conn.peer);
+                    if ws.close_sent {
+                        // The peer's answer to our close: the handshake is complete.
+                        conn.after_flush = AfterFlush::Shutdown;
+                        self.queue_flush(key);
+                    } else {
+                        // Echo the peer's code (§5.5.1); an empty close gets 1000.
+                        let reply = if code == CloseCode::NO_STATUS {
+                            CloseCode::NORMAL
+                        } else {
+                            code
+                        };
+                        self.send_close(key, reply, "");
+                        if let Some(conn) = self.connections.get_mut(key) {
+                            conn.after_flush = AfterFlush::Shutdown;
+                        }
+                    }
+                    self.leave_room(key);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Fails the connection (§7.1.7): close frame with the error's code, then
+    /// close TCP once it is out, whatever the peer sends.
+    fn fail_websocket(&mut self, key: usize, error: ProtocolError) {
+        info!("{} [{key}] protocol error: {error}", self.peer(key));
+        self.send_close(key, error.code, error.reason);
+        if let Some(conn) = self.connections.get_mut(key) {
+            conn.after_flush = AfterFlush::Shutdown;
+        }
+        self.leave_room(key);
+    }
+
+    /// Queues our close frame (once) and starts the close deadline.
+    fn send_close(&mut self, key: usize, code: CloseCode, reason: &str) {
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
+        let Phase::WebSocket(ws) = &mut conn.phase else {
+            return;
+        };
+        if ws.close_sent {
+            return;
+        }
+        ws.close_sent = true;
+        conn.output
+            .push_owned(|out| message::encode_close(out, code, reason));
+        conn.deadline = Some(Instant::now() + self.config.close_timeout);
+        metrics::count(&mut self.metrics.closes_sent, code.0);
+        self.queue_flush(key);
+    }
+
+    /// After queuing a reply for `key` itself: check its output limit.
+    fn after_owned_output(&mut self, key: usize) {
+        let Some(conn) = self.connections.get(key) else {
+            return;
+        };
+        if conn.output.queued() > self.config.max_output {
+            self.pending.slow.push(key);
+            self.drop_slow_readers();
+        } else {
+            self.queue_flush(key);
+        }
+    }
+
+    /// Sends a chat frame to every member of `room`.
+    fn broadcast(&mut self, room: &str, frame: SharedFrame) {
+        self.metrics.broadcasts += 1;
+        let Self {
+            chat,
+            connections,
+            pending,
+            metrics,
+            config,
+            ..
+        } = self;
+        chat.publish(room, frame, &mut |member, frame| {
+            deliver(
+                connections,
+                pending,
+                metrics,
+                config.max_output,
+                member,
+                frame,
+            )
+        });
+        self.drop_slow_readers();
+    }
+
+    /// Disconnects the peers found too slow during the last delivery: their unsent
+    /// backlog is dropped, a close 1008 is queued, and they leave their room (whose
+    /// notice may find more slow readers, hence the loop).
+    fn drop_slow_readers(&mut self) {
+        while let Some(key) = self.pending.slow.pop() {
+            let Some(conn) = self.connections.get_mut(key) else {
+                continue;
+            };
+            if !conn.accepts_frames() {
+                continue;
+            }
+            self.metrics.slow_readers_dropped += 1;
+            warn!(
+                "{} [{key}] slow reader: {} bytes queued (limit {}); disconnecting",
+                conn.peer,
+                conn.output.queued(),
+                self.config.max_output
+            );
+            conn.output.discard_unstarted();
+            self.send_close(key, CloseCode::POLICY_VIOLATION, "slow reader");
+            self.leave_room(key);
+        }
+    }
+
+    /// Takes a chat member out of its room (once), telling the others.
+    fn leave_room(&mut self, key: usize) {
+        let Some(ws) = self.connections.get_mut(key).and_then(|c| c.websocket()) else {
+            return;
+        };
+        let Endpoint::Chat { room, name } = &ws.endpoint else {
+            return;
+        };
+        if !ws.in_room {
+            return;
+        }
+        ws.in_room = false;
+        let (room, name) = (Rc::clone(room), Rc::clone(name));
+        let Self {
+            chat,
+            connections,
+            pending,
+            metrics,
+            config,
+            ..
+        } = self;
+        chat.leave(&room, key, &name, unix_millis(), &mut |member, frame| {
+            deliver(
+                connections,
+                pending,
+                metrics,
+                config.max_output,
+                member,
+                frame,
+            )
+        });
+        self.drop_slow_readers();
+    }
+
+    // ---- Timers -------------------------------------------------------------------
+
+    /// Deadlines and heartbeats, checked once per tick.
+    fn run_timers(&mut self) {
+        let now = Instant::now();
+        self.next_tick = now + self.tick;
+        if self.refused_unlogged > 0 {
+            warn!(
+                "refused {} connections: at the limit of {}",
+                self.refused_unlogged, self.max_connections
+            );
+            self.refused_unlogged = 0;
+        }
+        let mut expired = Vec::new();
+        let mut ping = Vec::new();
+        for (key, conn) in self.connections.iter() {
+            if conn.doomed {
+                continue;
+            }
+            if conn.deadline.is_some_and(|d| d <= now) {
+                expired.push(key);
+            } else if let Phase::WebSocket(ws) = &conn.phase {
+                if !ws.close_sent && ws.next_ping <= now {
+                    ping.push(key);
+                }
+            }
+        }
+        for key in expired {
+            let reason = match self.connections.get(key).map(|c| &c.phase) {
+                Some(Phase::Http) => {
+                    self.metrics.handshake_timeouts += 1;
+                    "no complete request in time"
+                }
+                Some(Phase::WebSocket(_)) => "no close frame from the peer in time",
+                _ => "did not close in time",
+            };
+            self.drop_connection(key, reason);
+        }
+        for key in ping {
+            self.heartbeat(key, now);
+        }
+    }
+
+    /// Pings a peer, or drops it if the last ping went unanswered.
+    fn heartbeat(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
+        let Phase::WebSocket(ws) = &mut conn.phase else {
+            return;
+        };
+        if ws.awaiting_pong {
+            self.metrics.pong_timeouts += 1;
+            self.drop_connection(key, "no pong to the last ping");
+            return;
+        }
+        ws.awaiting_pong = true;
+        ws.next_ping = now + self.config.ping_interval;
+        conn.output
+            .push_owned(|out| frame::encode_frame(out, OpCode::Ping, b"loopchat"));
+        self.metrics.pings_sent += 1;
+        self.after_owned_output(key);
+    }
+
+    // ---- Writing and closing ------------------------------------------------------
+
+    /// Remembers that `key` has output to flush at the end of this iteration.
+    fn queue_flush(&mut self, key: usize) {
+        if let Some(conn) = self.connections.get_mut(key) {
+            if !conn.flush_queued && !conn.doomed {
+                conn.flush_queued = true;
+                self.pending.flush.push(key);
+            }
+        }
+    }
+
+    /// Writes each connection's queue, many frames per call ("write before
+    /// sleeping": most replies leave before the next poll, and a connection waits
+    /// for a writable event only when its socket is full).
+    fn flush_pending_writes(&mut self) {
+        let keys = std::mem::take(&mut self.pending.flush);
+        for &key in &keys {
+            let Some(conn) = self.connections.get_mut(key) else {
+                continue;
+            };
+            conn.flush_queued = false;
+            if conn.doomed {
+                continue;
+            }
+            match conn.output.flush(&mut conn.socket) {
+                Ok((written, Flushed::All)) => {
+                    self.metrics.bytes_out += written as u64;
+                    if conn.after_flush == AfterFlush::Shutdown {
+                        self.start_draining(key);
+                    }
+                }
+                Ok((written, Flushed::WouldBlock)) => self.metrics.bytes_out += written as u64,
+                Err(e) => self.drop_connection(key, &format!("write error: {e}")),
+            }
+        }
+        // Reuse the list's allocation.
+        let mut keys = keys;
+        keys.clear();
+        if self.pending.flush.is_empty() {
+            self.pending.flush = keys;
+        }
+    }
+
+    /// Our last bytes are out: shut our side of TCP and wait for the peer's FIN.
+    fn start_draining(&mut self, key: usize) {
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
+        if let Err(e) = conn.socket.shutdown(Shutdown::Write) {
+            debug!("{} [{key}] shutdown: {e}", conn.peer);
+            self.drop_connection(key, "closed");
+            return;
+        }
+        conn.phase = Phase::Draining;
+        conn.input = Vec::new();
+        conn.deadline = Some(Instant::now() + self.config.close_timeout);
+    }
+
+    /// Marks a connection for removal at the end of the iteration.
+    fn drop_connection(&mut self, key: usize, reason: &str) {
+        self.leave_room(key);
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
+        if conn.doomed {
+            return;
+        }
+        conn.doomed = true;
+        info!("{} [{key}] disconnected: {reason}", conn.peer);
+        self.pending.doomed.push(key);
+    }
+
+    /// Frees the connections marked during this iteration. Until now their slots
+    /// stayed occupied, so no slot was reused while events for it were pending.
+    fn close_deferred(&mut self) {
+        for key in std::mem::take(&mut self.pending.doomed) {
+            if self.connections.get(key).is_some_and(|c| c.doomed) {
+                let mut conn = self.connections.remove(key);
+                let _ = self.poll.registry().deregister(&mut conn.socket);
+            }
+        }
+    }
+
+    // ---- Shutdown -------------------------------------------------------------------
+
+    fn read_signals(&mut self) {
+        let received: Vec<i32> = match &mut self.signals {
+            Some(signals) => signals.pending().collect(),
+            None => return,
+        };
+        if let Some(signal) = received.first() {
+            let name = if *signal == signal_hook::consts::SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            self.begin_shutdown(name);
+        }
+    }
+
+    /// Stops accepting, says goodbye (1001) to every WebSocket peer, and closes
+    /// the rest. The loop ends when all are gone or the deadline passes.
+    fn begin_shutdown(&mut self, why: &str) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        info!(
+            "shutting down ({why}): closing {} connections",
+            self.connections.len()
+        );
+        self.shutdown_deadline = Some(Instant::now() + self.config.shutdown_timeout);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let Some(conn) = self.connections.get_mut(key) else {
+                continue;
+            };
+            match &mut conn.phase {
+                Phase::WebSocket(ws) => {
+                    // Nobody needs to hear about the others leaving.
+                    ws.in_room = false;
+                    self.send_close(key, CloseCode::GOING_AWAY, "server shutting down");
+                }
+                Phase::Http if conn.output.is_empty() => self.drop_connection(key, "shutdown"),
+                _ => {}
+            }
+        }
+    }
+
+    fn shutdown_complete(&self) -> bool {
+        match self.shutdown_deadline {
+            None => false,
+            Some(deadline) => self.connections.is_empty() || Instant::now() >= deadline,
+        }
+    }
+
+    // ---- Small helpers ---------------------------------------------------------------
+
+    fn peer(&self, key: usize) -> String {
+        self.connections
+            .get(key)
+            .map_or_else(|| "?".to_string(), |c| c.peer.to_string())
+    }
+
+    fn gauges(&self) -> Gauges {
+        let mut gauges = Gauges {
+            max_connections: self.max_connections,
+            rooms: self.chat.room_count(),
+            ..Gauges::default()
+        };
+        for (_, conn) in self.connections.iter() {
+            match &conn.phase {
+                Phase::Http => gauges.http += 1,
+                Phase::WebSocket(ws) if !ws.close_sent => gauges.websocket += 1,
+                _ => gauges.closing += 1,
+            }
+        }
+        gauges
+    }
+}
+
+/// Queues a broadcast frame on one member, unless it no longer takes frames. A
+/// member whose backlog is already past the limit is put on the slow list instead
+/// (so a queue holds at most the limit plus one message).
+fn deliver(
+    connections: &mut Slab<Connection>,
+    pending: &mut Pending,
+    metrics: &mut Metrics,
+    max_output: usize,
+    key: usize,
+    frame: &SharedFrame,
+) {
+    let Some(conn) = connections.get_mut(key) else {
+        return;
+    };
+    if !conn.accepts_frames() {
+        return;
+    }
+    if conn.output.queued() > max_output {
+        pending.slow.push(key);
+        return;
+    }
+    conn.output.push_shared(frame);
+    metrics.frames_out += 1;
+    if !conn.flush_queued {
+        conn.flush_queued = true;
+        pending.flush.push(key);
+    }
+}
+
+/// Errors from `accept` that concern one connection only: try the next.
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// Raises the open-files soft limit to the hard limit; returns the soft limit now
+/// in force (`None` if it cannot be read or is unlimited).
+fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            warn!("could not raise the open-files limit: {e}");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
