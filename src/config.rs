@@ -117,8 +117,8 @@ where
     I: IntoIterator<Item = String>,
 {
     let mut config = Config::default();
-    if let Some(level) = rust_log.filter(|l| !l.is_empty()) {
-        config.log_level = parse_level(level).map_err(|e| format!("RUST_LOG: {e}"))?;
+    if let Some(level) = rust_log.and_then(level_from_rust_log) {
+        config.log_level = level;
     }
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -175,6 +175,18 @@ where
         }
     }
     Ok(Command::Run(Box::new(config)))
+}
+
+/// The level `RUST_LOG` sets for this crate: a `loopchat=LEVEL` directive, else a
+/// bare `LEVEL` one (as in `RUST_LOG=warn,loopchat=debug`). Directives for other
+/// crates are ignored, since this logger has one level.
+fn level_from_rust_log(value: &str) -> Option<log::LevelFilter> {
+    let directives: Vec<&str> = value.split(',').map(str::trim).collect();
+    let ours = directives
+        .iter()
+        .find_map(|d| d.strip_prefix("loopchat="))
+        .and_then(|l| l.parse().ok());
+    ours.or_else(|| directives.iter().find_map(|d| d.parse().ok()))
 }
 
 fn parse_level(value: &str) -> Result<log::LevelFilter, String> {
@@ -300,6 +312,11 @@ mod tests {
             panic!()
         };
         assert_eq!(c.log_level, log::LevelFilter::Error);
+        assert_eq!(
+            level_from_rust_log("warn,loopchat=trace"),
+            Some(log::LevelFilter::Trace)
+        );
+        assert_eq!(level_from_rust_log("other=debug"), None);
     }
 
     #[test]

@@ -660,6 +660,9 @@ impl Server {
                 return;
             };
             let accepts_frames = conn.accepts_frames();
+            // A reply may be queued only below the output limit, so a queue holds
+            // at most the limit plus one message.
+            let over_limit = conn.output.queued() > self.config.max_output;
             let Phase::WebSocket(ws) = &mut conn.phase else {
                 return;
             };
@@ -683,6 +686,7 @@ impl Server {
                         continue;
                     }
                     match &ws.endpoint {
+                        Endpoint::Echo if over_limit => self.disconnect_slow_reader(key),
                         Endpoint::Echo => {
                             let opcode = match kind {
                                 MessageKind::Text => OpCode::Text,
@@ -691,7 +695,7 @@ impl Server {
                             conn.output
                                 .push_owned(|out| frame::encode_frame(out, opcode, payload));
                             self.metrics.frames_out += 1;
-                            self.after_owned_output(key);
+                            self.queue_flush(key);
                         }
                         Endpoint::Chat { room, name } => {
                             let text = match (kind, std::str::from_utf8(payload)) {
@@ -711,12 +715,12 @@ impl Server {
                         }
                     }
                 }
+                Event::Ping(_) if !accepts_frames => {}
+                Event::Ping(_) if over_limit => self.disconnect_slow_reader(key),
                 Event::Ping(payload) => {
-                    if accepts_frames {
-                        conn.output
-                            .push_owned(|out| frame::encode_frame(out, OpCode::Pong, payload));
-                        self.after_owned_output(key);
-                    }
+                    conn.output
+                        .push_owned(|out| frame::encode_frame(out, OpCode::Pong, payload));
+                    self.queue_flush(key);
                 }
                 Event::Pong(_) => ws.awaiting_pong = false,
                 Event::Close(code, reason) => {
@@ -776,17 +780,10 @@ impl Server {
         self.queue_flush(key);
     }
 
-    /// After queuing a reply for `key` itself: check its output limit.
-    fn after_owned_output(&mut self, key: usize) {
-        let Some(conn) = self.connections.get(key) else {
-            return;
-        };
-        if conn.output.queued() > self.config.max_output {
-            self.pending.slow.push(key);
-            self.drop_slow_readers();
-        } else {
-            self.queue_flush(key);
-        }
+    /// A reply for `key` found its queue past the output limit.
+    fn disconnect_slow_reader(&mut self, key: usize) {
+        self.pending.slow.push(key);
+        self.drop_slow_readers();
     }
 
     /// Sends a chat frame to every member of `room`.
@@ -929,10 +926,13 @@ impl Server {
         }
         ws.awaiting_pong = true;
         ws.next_ping = now + self.config.ping_interval;
+        if conn.output.queued() > self.config.max_output {
+            return self.disconnect_slow_reader(key);
+        }
         conn.output
             .push_owned(|out| frame::encode_frame(out, OpCode::Ping, b"loopchat"));
         self.metrics.pings_sent += 1;
-        self.after_owned_output(key);
+        self.queue_flush(key);
     }
 
     // ---- Writing and closing ------------------------------------------------------
