@@ -75,6 +75,8 @@ pub struct Connection {
     /// (WebSocket after our close), or the peer's FIN (draining).
     pub deadline: Option<Instant>,
     pub after_flush: AfterFlush,
+    /// The peer closed its side (read returned 0): read no more.
+    pub peer_closed: bool,
     /// Already in the server's list of connections to flush.
     pub flush_queued: bool,
     /// Marked for removal at the end of the loop iteration; receives nothing more.
@@ -92,6 +94,7 @@ impl Connection {
             output: OutputQueue::default(),
             deadline: Some(deadline),
             after_flush: AfterFlush::KeepOpen,
+            peer_closed: false,
             flush_queued: false,
             doomed: false,
         }

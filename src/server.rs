@@ -390,7 +390,11 @@ impl Server {
         let mut buffer = std::mem::take(&mut self.read_buffer);
         let mut budget_spent = true;
         for _ in 0..READS_PER_WAKE {
-            let Some(conn) = self.connections.get_mut(key).filter(|c| !c.doomed) else {
+            let Some(conn) = self
+                .connections
+                .get_mut(key)
+                .filter(|c| !c.doomed && !c.peer_closed)
+            else {
                 budget_spent = false;
                 break;
             };
@@ -452,15 +456,26 @@ impl Server {
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
-        let reason = match &conn.phase {
-            Phase::Http => "closed",
-            Phase::WebSocket(_) => "closed without a close frame (1006)",
-            Phase::Draining => "closed",
-        };
-        if matches!(conn.phase, Phase::WebSocket(_)) {
+        let abnormal = matches!(&conn.phase, Phase::WebSocket(ws) if !ws.receiver.is_finished());
+        if abnormal {
             metrics::count(&mut self.metrics.closes_received, CloseCode::ABNORMAL.0);
         }
-        self.drop_connection(key, reason);
+        let reason = if abnormal {
+            "closed without a close frame (1006)"
+        } else {
+            "closed"
+        };
+        if conn.output.is_empty() || matches!(conn.phase, Phase::Draining) {
+            self.drop_connection(key, reason);
+            return;
+        }
+        // A peer may half-close right after its last request or close frame: what
+        // we owe it (the response, our close frame) still goes out, then we close.
+        conn.peer_closed = true;
+        conn.after_flush = AfterFlush::Shutdown;
+        conn.deadline = Some(Instant::now() + self.config.close_timeout);
+        self.leave_room(key);
+        self.queue_flush(key);
     }
 
     // ---- HTTP -------------------------------------------------------------------
@@ -984,6 +999,9 @@ impl Server {
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
+        if conn.peer_closed {
+            return self.drop_connection(key, "closed");
+        }
         if let Err(e) = conn.socket.shutdown(Shutdown::Write) {
             debug!("{} [{key}] shutdown: {e}", conn.peer);
             self.drop_connection(key, "closed");
