@@ -17,8 +17,8 @@ use std::rc::Rc;
 
 /// A frame encoded once and queued on many connections.
 pub type SharedFrame = Rc<[u8]>;
-/// A connection's identity in the chat (its slab key).
-pub type MemberId = usize;
+/// Where frames for a member go: its connection's slab key.
+pub type ConnectionKey = usize;
 
 /// The room of `/chat` without a room name.
 pub const DEFAULT_ROOM: &str = "lobby";
@@ -35,7 +35,7 @@ pub fn is_valid_room(name: &str) -> bool {
 
 /// A display name from what the client asked for: control characters removed,
 /// whitespace trimmed, at most 32 characters; `guest-<id>` if nothing is left.
-pub fn display_name(requested: Option<&str>, id: MemberId) -> String {
+pub fn display_name(requested: Option<&str>, id: u64) -> String {
     let cleaned: String = requested
         .unwrap_or("")
         .chars()
@@ -50,26 +50,52 @@ pub fn display_name(requested: Option<&str>, id: MemberId) -> String {
     }
 }
 
+/// One person in a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Where the member's frames go.
+    pub key: ConnectionKey,
+    /// The id others see: unique for the life of the server (slab keys are
+    /// reused, so they would make a newcomer the author of an old message).
+    pub id: u64,
+    pub name: Rc<str>,
+}
+
+/// The history limits of each room.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    /// Messages kept per room.
+    pub messages: usize,
+    /// Bytes of frames kept per room.
+    pub bytes: usize,
+    /// Rooms without members whose history is kept (the most recently emptied).
+    pub idle_rooms: usize,
+}
+
 #[derive(Debug, Default)]
 struct Room {
-    members: Vec<MemberId>,
+    members: Vec<ConnectionKey>,
     /// The last messages, oldest first, as the frames that were broadcast.
     history: VecDeque<SharedFrame>,
+    history_bytes: usize,
 }
 
 /// Every room and its members.
 #[derive(Debug)]
 pub struct Chat {
-    rooms: HashMap<String, Room>,
-    history_len: usize,
+    rooms: HashMap<Rc<str>, Room>,
+    /// Rooms without members, oldest first; past `idle_rooms` the oldest is
+    /// forgotten. Memory is thus bounded by the members plus a constant.
+    idle: VecDeque<Rc<str>>,
+    limits: HistoryLimits,
 }
 
 impl Chat {
-    /// A chat that replays up to `history_len` messages to each newcomer.
-    pub fn new(history_len: usize) -> Self {
+    pub fn new(limits: HistoryLimits) -> Self {
         Chat {
             rooms: HashMap::new(),
-            history_len,
+            idle: VecDeque::new(),
+            limits,
         }
     }
 
@@ -78,38 +104,38 @@ impl Chat {
         self.rooms.get(room).map_or(0, |r| r.members.len())
     }
 
-    /// Number of rooms with members (or history).
+    /// Number of rooms with members.
     pub fn room_count(&self) -> usize {
-        self.rooms.len()
+        self.rooms.len() - self.idle.len()
     }
 
-    /// Adds `id` to `room`: it gets a welcome and the recent history, then every
-    /// member (the newcomer too) gets a join notice with the new count.
+    /// Adds `member` to `room`: it gets a welcome and the recent history, then
+    /// every member (the newcomer too) gets a join notice with the new count.
     pub fn join(
         &mut self,
-        room_name: &str,
-        id: MemberId,
-        name: &str,
+        room_name: &Rc<str>,
+        member: &Member,
         now_ms: u64,
-        deliver: &mut dyn FnMut(MemberId, &SharedFrame),
+        deliver: &mut dyn FnMut(ConnectionKey, &SharedFrame),
     ) {
-        let room = self.rooms.entry(room_name.to_string()).or_default();
-        room.members.push(id);
+        self.idle.retain(|r| r != room_name);
+        let room = self.rooms.entry(Rc::clone(room_name)).or_default();
+        room.members.push(member.key);
         let online = room.members.len();
 
         let mut welcome = String::from("{\"type\":\"welcome\",\"id\":");
-        let _ = write!(welcome, "{id},\"name\":");
-        push_json_string(&mut welcome, name);
+        let _ = write!(welcome, "{},\"name\":", member.id);
+        push_json_string(&mut welcome, &member.name);
         welcome.push_str(",\"room\":");
         push_json_string(&mut welcome, room_name);
         let _ = write!(welcome, ",\"online\":{online}}}");
-        deliver(id, &text_frame(&welcome));
+        deliver(member.key, &text_frame(&welcome));
         for old in &room.history {
-            deliver(id, old);
+            deliver(member.key, old);
         }
-        let notice = notice_frame("join", id, name, online, now_ms);
-        for &member in &room.members {
-            deliver(member, &notice);
+        let notice = notice_frame("join", member, online, now_ms);
+        for &key in &room.members {
+            deliver(key, &notice);
         }
     }
 
@@ -119,55 +145,68 @@ impl Chat {
         &mut self,
         room_name: &str,
         frame: SharedFrame,
-        deliver: &mut dyn FnMut(MemberId, &SharedFrame),
+        deliver: &mut dyn FnMut(ConnectionKey, &SharedFrame),
     ) {
         let Some(room) = self.rooms.get_mut(room_name) else {
             return;
         };
-        for &member in &room.members {
-            deliver(member, &frame);
+        for &key in &room.members {
+            deliver(key, &frame);
         }
-        if self.history_len > 0 {
-            if room.history.len() == self.history_len {
-                room.history.pop_front();
+        if self.limits.messages == 0 || frame.len() > self.limits.bytes {
+            return;
+        }
+        room.history_bytes += frame.len();
+        room.history.push_back(frame);
+        while room.history.len() > self.limits.messages || room.history_bytes > self.limits.bytes {
+            if let Some(old) = room.history.pop_front() {
+                room.history_bytes -= old.len();
             }
-            room.history.push_back(frame);
         }
     }
 
-    /// Removes `id` from `room`; the members left get a leave notice. A room with
-    /// no members is forgotten, history and all, so empty rooms cost nothing.
+    /// Removes `member` from `room`; the members left get a leave notice. An
+    /// emptied room keeps its history for whoever comes next, until more than
+    /// `idle_rooms` rooms are empty.
     pub fn leave(
         &mut self,
-        room_name: &str,
-        id: MemberId,
-        name: &str,
+        room_name: &Rc<str>,
+        member: &Member,
         now_ms: u64,
-        deliver: &mut dyn FnMut(MemberId, &SharedFrame),
+        deliver: &mut dyn FnMut(ConnectionKey, &SharedFrame),
     ) {
         let Some(room) = self.rooms.get_mut(room_name) else {
             return;
         };
-        let Some(index) = room.members.iter().position(|&m| m == id) else {
+        let Some(index) = room.members.iter().position(|&k| k == member.key) else {
             return;
         };
         room.members.swap_remove(index);
         if room.members.is_empty() {
-            self.rooms.remove(room_name);
+            self.idle.push_back(Rc::clone(room_name));
+            if self.idle.len() > self.limits.idle_rooms {
+                if let Some(oldest) = self.idle.pop_front() {
+                    self.rooms.remove(&oldest);
+                }
+            }
             return;
         }
-        let notice = notice_frame("leave", id, name, room.members.len(), now_ms);
-        for &member in &room.members {
-            deliver(member, &notice);
+        let notice = notice_frame("leave", member, room.members.len(), now_ms);
+        for &key in &room.members {
+            deliver(key, &notice);
         }
     }
 }
 
-/// The frame for `text` said by member `id` called `name` in `room`.
-pub fn message_frame(room: &str, id: MemberId, name: &str, text: &str, now_ms: u64) -> SharedFrame {
-    let mut json = String::with_capacity(text.len() + name.len() + 96);
-    let _ = write!(json, "{{\"type\":\"message\",\"id\":{id},\"from\":");
-    push_json_string(&mut json, name);
+/// The frame for `text` said by `member` in `room`.
+pub fn message_frame(room: &str, member: &Member, text: &str, now_ms: u64) -> SharedFrame {
+    let mut json = String::with_capacity(text.len() + member.name.len() + 96);
+    let _ = write!(
+        json,
+        "{{\"type\":\"message\",\"id\":{},\"from\":",
+        member.id
+    );
+    push_json_string(&mut json, &member.name);
     json.push_str(",\"text\":");
     push_json_string(&mut json, text);
     let _ = write!(json, ",\"ts\":{now_ms},\"room\":");
@@ -176,10 +215,10 @@ pub fn message_frame(room: &str, id: MemberId, name: &str, text: &str, now_ms: u
     text_frame(&json)
 }
 
-fn notice_frame(kind: &str, id: MemberId, name: &str, online: usize, now_ms: u64) -> SharedFrame {
-    let mut json = String::with_capacity(96 + name.len());
-    let _ = write!(json, "{{\"type\":\"{kind}\",\"id\":{id},\"name\":");
-    push_json_string(&mut json, name);
+fn notice_frame(kind: &str, member: &Member, online: usize, now_ms: u64) -> SharedFrame {
+    let mut json = String::with_capacity(96 + member.name.len());
+    let _ = write!(json, "{{\"type\":\"{kind}\",\"id\":{},\"name\":", member.id);
+    push_json_string(&mut json, &member.name);
     let _ = write!(json, ",\"online\":{online},\"ts\":{now_ms}}}");
     text_frame(&json)
 }
@@ -220,73 +259,93 @@ mod tests {
         String::from_utf8(frame[start..].to_vec()).unwrap()
     }
 
-    struct Log(Vec<(MemberId, String)>);
+    /// Records every delivery as (connection key, text).
+    struct Log(Vec<(ConnectionKey, String)>);
     impl Log {
-        fn sink(&mut self) -> impl FnMut(MemberId, &SharedFrame) + '_ {
-            |member, frame| self.0.push((member, payload(frame)))
+        fn sink(&mut self) -> impl FnMut(ConnectionKey, &SharedFrame) + '_ {
+            |key, frame| self.0.push((key, payload(frame)))
         }
-        fn to(&self, member: MemberId) -> Vec<&str> {
+        fn to(&self, key: ConnectionKey) -> Vec<&str> {
             self.0
                 .iter()
-                .filter(|(m, _)| *m == member)
+                .filter(|(k, _)| *k == key)
                 .map(|(_, s)| s.as_str())
                 .collect()
         }
     }
 
+    const LIMITS: HistoryLimits = HistoryLimits {
+        messages: 50,
+        bytes: 64 * 1024,
+        idle_rooms: 2,
+    };
+
+    fn member(key: ConnectionKey, id: u64, name: &str) -> Member {
+        Member {
+            key,
+            id,
+            name: name.into(),
+        }
+    }
+
+    fn room(name: &str) -> Rc<str> {
+        name.into()
+    }
+
     #[test]
     fn join_say_leave_in_one_room() {
-        let mut chat = Chat::new(50);
+        let mut chat = Chat::new(LIMITS);
         let mut log = Log(Vec::new());
-        chat.join("lobby", 1, "ann", 10, &mut log.sink());
-        chat.join("lobby", 2, "bob", 11, &mut log.sink());
-        chat.publish(
-            "lobby",
-            message_frame("lobby", 1, "ann", "hi \"bob\"", 12),
-            &mut log.sink(),
-        );
-        chat.leave("lobby", 2, "bob", 13, &mut log.sink());
+        let (ann, bob) = (member(1, 101, "ann"), member(2, 102, "bob"));
+        let lobby = room("lobby");
+        chat.join(&lobby, &ann, 10, &mut log.sink());
+        chat.join(&lobby, &bob, 11, &mut log.sink());
+        let frame = message_frame("lobby", &ann, "hi \"bob\"", 12);
+        chat.publish("lobby", frame, &mut log.sink());
+        chat.leave(&lobby, &bob, 13, &mut log.sink());
         assert_eq!(
             log.to(2),
             vec![
-                r#"{"type":"welcome","id":2,"name":"bob","room":"lobby","online":2}"#,
-                r#"{"type":"join","id":2,"name":"bob","online":2,"ts":11}"#,
-                r#"{"type":"message","id":1,"from":"ann","text":"hi \"bob\"","ts":12,"room":"lobby"}"#,
+                r#"{"type":"welcome","id":102,"name":"bob","room":"lobby","online":2}"#,
+                r#"{"type":"join","id":102,"name":"bob","online":2,"ts":11}"#,
+                r#"{"type":"message","id":101,"from":"ann","text":"hi \"bob\"","ts":12,"room":"lobby"}"#,
             ]
         );
         assert_eq!(log.to(1).len(), 5); // welcome, 2 joins, message, leave
         assert_eq!(
             log.to(1)[4],
-            r#"{"type":"leave","id":2,"name":"bob","online":1,"ts":13}"#
+            r#"{"type":"leave","id":102,"name":"bob","online":1,"ts":13}"#
         );
         assert_eq!(chat.online("lobby"), 1);
     }
 
     #[test]
     fn rooms_are_separate() {
-        let mut chat = Chat::new(50);
+        let mut chat = Chat::new(LIMITS);
         let mut log = Log(Vec::new());
-        chat.join("a", 1, "ann", 0, &mut log.sink());
-        chat.join("b", 2, "bob", 0, &mut log.sink());
-        chat.publish(
-            "a",
-            message_frame("a", 1, "ann", "only a", 0),
-            &mut log.sink(),
-        );
+        let ann = member(1, 1, "ann");
+        chat.join(&room("a"), &ann, 0, &mut log.sink());
+        chat.join(&room("b"), &member(2, 2, "bob"), 0, &mut log.sink());
+        chat.publish("a", message_frame("a", &ann, "only a", 0), &mut log.sink());
         assert!(log.to(2).iter().all(|s| !s.contains("only a")));
         assert_eq!((chat.online("a"), chat.online("b")), (1, 1));
     }
 
     #[test]
     fn newcomers_get_bounded_history_after_the_welcome() {
-        let mut chat = Chat::new(2);
+        let mut chat = Chat::new(HistoryLimits {
+            messages: 2,
+            ..LIMITS
+        });
         let mut log = Log(Vec::new());
-        chat.join("r", 1, "ann", 0, &mut log.sink());
+        let ann = member(1, 1, "ann");
+        let r = room("r");
+        chat.join(&r, &ann, 0, &mut log.sink());
         for text in ["one", "two", "three"] {
-            chat.publish("r", message_frame("r", 1, "ann", text, 0), &mut log.sink());
+            chat.publish("r", message_frame("r", &ann, text, 0), &mut log.sink());
         }
         log.0.clear();
-        chat.join("r", 2, "bob", 0, &mut log.sink());
+        chat.join(&r, &member(2, 2, "bob"), 0, &mut log.sink());
         let seen = log.to(2);
         assert!(seen[0].contains("welcome"));
         assert!(seen[1].contains("\"two\"") && seen[2].contains("\"three\""));
@@ -294,13 +353,49 @@ mod tests {
     }
 
     #[test]
-    fn empty_rooms_are_forgotten() {
-        let mut chat = Chat::new(5);
+    fn history_is_bounded_in_bytes() {
+        let mut chat = Chat::new(HistoryLimits {
+            bytes: 300,
+            ..LIMITS
+        });
         let mut log = Log(Vec::new());
-        chat.join("r", 1, "ann", 0, &mut log.sink());
-        chat.publish("r", message_frame("r", 1, "ann", "x", 0), &mut log.sink());
-        chat.leave("r", 1, "ann", 0, &mut log.sink());
+        let ann = member(1, 1, "ann");
+        let r = room("r");
+        chat.join(&r, &ann, 0, &mut log.sink());
+        for i in 0..10 {
+            let text = format!("{i}{}", "x".repeat(60));
+            chat.publish("r", message_frame("r", &ann, &text, 0), &mut log.sink());
+        }
+        // A message larger than the whole budget is broadcast but not kept.
+        let huge = "y".repeat(400);
+        chat.publish("r", message_frame("r", &ann, &huge, 0), &mut log.sink());
+        log.0.clear();
+        chat.join(&r, &member(2, 2, "bob"), 0, &mut log.sink());
+        let replayed = log.to(2).len() - 2; // minus welcome and join
+        assert!((1..10).contains(&replayed), "{replayed} replayed");
+        assert!(log.to(2).iter().all(|s| !s.contains("yyy")));
+        assert!(log.to(2)[replayed].contains("9xxx"));
+    }
+
+    #[test]
+    fn emptied_rooms_keep_history_up_to_a_bound() {
+        let mut chat = Chat::new(LIMITS); // two idle rooms kept
+        let mut log = Log(Vec::new());
+        let ann = member(1, 1, "ann");
+        for name in ["a", "b", "c"] {
+            let r = room(name);
+            chat.join(&r, &ann, 0, &mut log.sink());
+            chat.publish(name, message_frame(name, &ann, name, 0), &mut log.sink());
+            chat.leave(&r, &ann, 0, &mut log.sink());
+        }
         assert_eq!(chat.room_count(), 0);
+        log.0.clear();
+        // "a" was emptied first and forgotten; "c" still has its message.
+        chat.join(&room("a"), &member(2, 2, "bob"), 0, &mut log.sink());
+        chat.join(&room("c"), &member(3, 3, "cy"), 0, &mut log.sink());
+        assert_eq!(log.to(2).len(), 2);
+        assert_eq!(log.to(3).len(), 3);
+        assert_eq!(chat.room_count(), 2);
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// `--history`: chat messages replayed to a newcomer, per room.
     pub history: usize,
+    /// `--history-bytes`: bytes of history kept per room (older messages go first).
+    pub history_bytes: usize,
+    /// `--idle-rooms`: rooms without members whose history is kept.
+    pub idle_rooms: usize,
     /// `--allowed-origin` (repeatable): browser origins allowed besides the
     /// server's own; `*` allows all.
     pub allowed_origins: Vec<String>,
@@ -62,6 +66,8 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             max_connections: None,
             history: 50,
+            history_bytes: 64 * 1024,
+            idle_rooms: 64,
             allowed_origins: Vec::new(),
             shutdown_timeout: Duration::from_secs(2),
         }
@@ -94,6 +100,8 @@ OPTIONS:
     --max-connections N       open connections before new ones get 503
                               [default: the open-files limit less 64]
     --history N               chat messages replayed to a newcomer [default: 50]
+    --history-bytes SIZE      bytes of history kept per room [default: 64KiB]
+    --idle-rooms N            rooms without members whose history is kept [default: 64]
     --allowed-origin ORIGIN   allow browser pages from ORIGIN (repeatable; * for any)
                               [default: only the server's own origin]
     --shutdown-timeout DUR    time to flush close frames on SIGINT/SIGTERM [default: 2s]
@@ -165,10 +173,9 @@ where
             }
             "--close-timeout" => config.close_timeout = positive_duration(&flag, &value()?)?,
             "--max-connections" => config.max_connections = Some(positive_count(&flag, &value()?)?),
-            "--history" => {
-                let v = value()?;
-                config.history = v.parse().map_err(|_| bad("not a count", &v))?;
-            }
+            "--history" => config.history = count(&flag, &value()?)?,
+            "--history-bytes" => config.history_bytes = positive_size(&flag, &value()?)?,
+            "--idle-rooms" => config.idle_rooms = count(&flag, &value()?)?,
             "--allowed-origin" => config.allowed_origins.push(value()?),
             "--shutdown-timeout" => config.shutdown_timeout = positive_duration(&flag, &value()?)?,
             _ => return Err(format!("unknown option {arg:?} (see --help)")),
@@ -234,6 +241,12 @@ fn positive_duration(flag: &str, value: &str) -> Result<Duration, String> {
 
 fn positive_size(flag: &str, value: &str) -> Result<usize, String> {
     parse_size(value).ok_or_else(|| format!("{flag}: not a positive size: {value:?}"))
+}
+
+fn count(flag: &str, value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{flag}: not a count: {value:?}"))
 }
 
 fn positive_count(flag: &str, value: &str) -> Result<usize, String> {

@@ -7,7 +7,7 @@
 //! reset that could destroy our last frame. The server decides; this module holds
 //! the state and does the socket writes.
 
-use crate::chat::SharedFrame;
+use crate::chat::{Member, SharedFrame};
 use crate::message::Receiver;
 use mio::net::TcpStream;
 use std::collections::VecDeque;
@@ -34,7 +34,7 @@ pub enum Endpoint {
     /// `/echo`: every message comes back as it came.
     Echo,
     /// `/chat[/room]`: a member of a chat room.
-    Chat { room: Rc<str>, name: Rc<str> },
+    Chat { room: Rc<str>, member: Member },
 }
 
 /// The state of an upgraded connection.

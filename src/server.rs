@@ -12,7 +12,7 @@
 //! `message` and `frame` (§5, §7), `chat` (rooms). This module moves bytes between
 //! them and the sockets, and enforces the limits of `Config`.
 
-use crate::chat::{self, Chat, SharedFrame};
+use crate::chat::{self, Chat, HistoryLimits, Member, SharedFrame};
 use crate::config::Config;
 use crate::connection::{AfterFlush, Connection, Endpoint, Flushed, Phase, WebSocket};
 use crate::frame::{self, OpCode};
@@ -152,6 +152,8 @@ pub struct Server {
     /// The listener may have connections we have not accepted yet.
     accept_ready: bool,
     accept_paused_until: Option<Instant>,
+    /// The id the next chat member gets (never reused, unlike slab keys).
+    next_member_id: u64,
     /// Refusals since the last log line about them (logged once per tick).
     refused_unlogged: u64,
     tick: Duration,
@@ -205,7 +207,12 @@ impl Server {
             origins: OriginPolicy {
                 allowed: config.allowed_origins.clone(),
             },
-            chat: Chat::new(config.history),
+            chat: Chat::new(HistoryLimits {
+                messages: config.history,
+                bytes: config.history_bytes,
+                idle_rooms: config.idle_rooms,
+            }),
+            next_member_id: 1,
             config,
             max_connections,
             connections: Slab::new(),
@@ -518,10 +525,15 @@ impl Server {
         } else if path == "/chat" || path.starts_with("/chat/") {
             let room = path.strip_prefix("/chat/").unwrap_or(chat::DEFAULT_ROOM);
             Some(if chat::is_valid_room(room) {
-                let name = chat::display_name(request.query_param("name").as_deref(), key);
+                let id = self.next_member_id;
+                let name = chat::display_name(request.query_param("name").as_deref(), id);
                 Ok(Endpoint::Chat {
                     room: room.into(),
-                    name: name.into(),
+                    member: Member {
+                        key,
+                        id,
+                        name: name.into(),
+                    },
                 })
             } else {
                 Err(HttpError::new(Status::NotFound, "invalid room name"))
@@ -634,30 +646,14 @@ impl Server {
         self.queue_flush(key);
         match &endpoint {
             Endpoint::Echo => info!("{peer} [{key}] upgraded: {}", request.target),
-            Endpoint::Chat { room, name } => {
+            Endpoint::Chat { room, member } => {
+                self.next_member_id += 1;
                 info!(
-                    "{peer} [{key}] upgraded: {} as {name:?} in room {room:?}",
-                    request.target
+                    "{peer} [{key}] upgraded: {} as {:?} (id {}) in room {room:?}",
+                    request.target, member.name, member.id
                 );
-                let Self {
-                    chat,
-                    connections,
-                    pending,
-                    metrics,
-                    config,
-                    ..
-                } = self;
-                chat.join(room, key, name, unix_millis(), &mut |member, frame| {
-                    deliver(
-                        connections,
-                        pending,
-                        metrics,
-                        config.max_output,
-                        member,
-                        frame,
-                    )
-                });
-                self.drop_slow_readers();
+                let (room, member) = (Rc::clone(room), member.clone());
+                self.with_chat(|chat, deliver| chat.join(&room, &member, unix_millis(), deliver));
             }
         }
         if !leftover.is_empty() {
@@ -712,7 +708,7 @@ impl Server {
                             self.metrics.frames_out += 1;
                             self.queue_flush(key);
                         }
-                        Endpoint::Chat { room, name } => {
+                        Endpoint::Chat { room, member } => {
                             let text = match (kind, std::str::from_utf8(payload)) {
                                 (MessageKind::Text, Ok(text)) => text,
                                 _ => {
@@ -724,7 +720,7 @@ impl Server {
                                     return;
                                 }
                             };
-                            let frame = chat::message_frame(room, key, name, text, unix_millis());
+                            let frame = chat::message_frame(room, member, text, unix_millis());
                             let room = Rc::clone(room);
                             self.broadcast(&room, frame);
                         }
@@ -739,9 +735,12 @@ impl Server {
                 }
                 Event::Pong(_) => ws.awaiting_pong = false,
                 Event::Close(code, reason) => {
+                    match code {
+                        Some(code) => info!("{} [{key}] sent close {code} {reason:?}", conn.peer),
+                        None => info!("{} [{key}] sent close without a code", conn.peer),
+                    }
                     let code = code.unwrap_or(CloseCode::NO_STATUS);
                     metrics::count(&mut self.metrics.closes_received, code.0);
-                    info!("{} [{key}] sent close {code} {reason:?}", conn.peer);
                     if ws.close_sent {
                         // The peer's answer to our close: the handshake is complete.
                         conn.after_flush = AfterFlush::Shutdown;
@@ -804,6 +803,15 @@ impl Server {
     /// Sends a chat frame to every member of `room`.
     fn broadcast(&mut self, room: &str, frame: SharedFrame) {
         self.metrics.broadcasts += 1;
+        self.with_chat(|chat, deliver| chat.publish(room, frame, deliver));
+    }
+
+    /// Runs a chat operation with a `deliver` that queues each frame on its
+    /// member's connection, then disconnects the members found too slow.
+    fn with_chat(
+        &mut self,
+        operation: impl FnOnce(&mut Chat, &mut dyn FnMut(usize, &SharedFrame)),
+    ) {
         let Self {
             chat,
             connections,
@@ -812,15 +820,8 @@ impl Server {
             config,
             ..
         } = self;
-        chat.publish(room, frame, &mut |member, frame| {
-            deliver(
-                connections,
-                pending,
-                metrics,
-                config.max_output,
-                member,
-                frame,
-            )
+        operation(chat, &mut |to, frame| {
+            deliver(connections, pending, metrics, config.max_output, to, frame)
         });
         self.drop_slow_readers();
     }
@@ -854,33 +855,15 @@ impl Server {
         let Some(ws) = self.connections.get_mut(key).and_then(|c| c.websocket()) else {
             return;
         };
-        let Endpoint::Chat { room, name } = &ws.endpoint else {
+        let Endpoint::Chat { room, member } = &ws.endpoint else {
             return;
         };
         if !ws.in_room {
             return;
         }
         ws.in_room = false;
-        let (room, name) = (Rc::clone(room), Rc::clone(name));
-        let Self {
-            chat,
-            connections,
-            pending,
-            metrics,
-            config,
-            ..
-        } = self;
-        chat.leave(&room, key, &name, unix_millis(), &mut |member, frame| {
-            deliver(
-                connections,
-                pending,
-                metrics,
-                config.max_output,
-                member,
-                frame,
-            )
-        });
-        self.drop_slow_readers();
+        let (room, member) = (Rc::clone(room), member.clone());
+        self.with_chat(|chat, deliver| chat.leave(&room, &member, unix_millis(), deliver));
     }
 
     // ---- Timers -------------------------------------------------------------------
