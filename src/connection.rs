@@ -77,6 +77,8 @@ pub struct Connection {
     pub after_flush: AfterFlush,
     /// The peer closed its side (read returned 0): read no more.
     pub peer_closed: bool,
+    /// Reading waits until the output queue drains (HTTP pipelining backpressure).
+    pub read_paused: bool,
     /// Already in the server's list of connections to flush.
     pub flush_queued: bool,
     /// Marked for removal at the end of the loop iteration; receives nothing more.
@@ -95,6 +97,7 @@ impl Connection {
             deadline: Some(deadline),
             after_flush: AfterFlush::KeepOpen,
             peer_closed: false,
+            read_paused: false,
             flush_queued: false,
             doomed: false,
         }

@@ -304,7 +304,7 @@ impl Server {
         let accept_now = self.accept_ready
             && self.listener.is_some()
             && self.accept_paused_until.is_none_or(|t| t <= now);
-        if accept_now || !self.pending.read_more.is_empty() {
+        if accept_now || !self.pending.read_more.is_empty() || !self.pending.flush.is_empty() {
             return Duration::ZERO;
         }
         let mut wake = self.next_tick;
@@ -400,7 +400,7 @@ impl Server {
             let Some(conn) = self
                 .connections
                 .get_mut(key)
-                .filter(|c| !c.doomed && !c.peer_closed)
+                .filter(|c| !c.doomed && !c.peer_closed && !c.read_paused)
             else {
                 budget_spent = false;
                 break;
@@ -498,6 +498,12 @@ impl Server {
                 return;
             };
             if !matches!(conn.phase, Phase::Http) || conn.after_flush != AfterFlush::KeepOpen {
+                return;
+            }
+            // A client that pipelines requests faster than it reads responses
+            // waits: parsing (and reading) resume once the output drains.
+            if conn.output.queued() > self.config.max_output {
+                conn.read_paused = true;
                 return;
             }
             let parsed = http::parse_request(&conn.input, &mut conn.scanned, limits);
@@ -959,13 +965,18 @@ impl Server {
                 continue;
             }
             match conn.output.flush(&mut conn.socket) {
-                Ok((written, Flushed::All)) => {
+                Ok((written, flushed)) => {
                     self.metrics.bytes_out += written as u64;
-                    if conn.after_flush == AfterFlush::Shutdown {
+                    if flushed == Flushed::All && conn.after_flush == AfterFlush::Shutdown {
                         self.start_draining(key);
+                    } else if conn.read_paused && conn.output.queued() <= self.config.max_output {
+                        // Serve the requests already read, then read on (next
+                        // iteration: the socket was not drained when we paused).
+                        conn.read_paused = false;
+                        self.serve_http(key);
+                        self.pending.read_more.push(key);
                     }
                 }
-                Ok((written, Flushed::WouldBlock)) => self.metrics.bytes_out += written as u64,
                 Err(e) => self.drop_connection(key, &format!("write error: {e}")),
             }
         }
