@@ -148,7 +148,10 @@ pub fn accept_upgrade(request: &Request, origins: &OriginPolicy) -> Result<Vec<u
             "unsupported Sec-WebSocket-Version",
         ));
     }
-    // §10.2: refuse pages from other sites.
+    // §10.2: refuse pages from other sites. Two Origin headers are no origin at all.
+    if request.headers_named("Origin").count() > 1 {
+        return Err(HttpError::new(Status::BadRequest, "repeated Origin header"));
+    }
     if !origins.allows(request.header("Origin"), host) {
         return Err(HttpError::new(Status::Forbidden, "Origin not allowed"));
     }
@@ -191,10 +194,20 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==
 Origin: http://server.example.com
 Sec-WebSocket-Version: 13";
 
+    /// The status a request is refused with, by the parser or the handshake.
     fn status(head: &str) -> Status {
-        accept_upgrade(&request(head), &OriginPolicy::default())
-            .unwrap_err()
-            .status
+        let text = format!("{head}\r\n\r\n")
+            .replace('\n', "\r\n")
+            .replace("\r\r", "\r");
+        match parse_request(text.as_bytes(), &mut 0, LIMITS) {
+            Err(error) => error.status,
+            Ok(parsed) => {
+                let (request, _) = parsed.expect("a complete request");
+                accept_upgrade(&request, &OriginPolicy::default())
+                    .unwrap_err()
+                    .status
+            }
+        }
     }
 
     // ---- §1.3 and §4.2.2: the accept key ----

@@ -124,9 +124,17 @@ impl Request {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     }
 
-    /// The path, without the query string.
+    /// The path, without the query string. An absolute-form target
+    /// (`http://host/path`, RFC 9112 §3.2.2) is reduced to its path.
     pub fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or("")
+        let mut target = self.target.as_str();
+        for scheme in ["http://", "https://"] {
+            if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+                let rest = &target[scheme.len()..];
+                target = rest.find('/').map_or("/", |i| &rest[i..]);
+            }
+        }
+        target.split('?').next().unwrap_or("")
     }
 
     /// The percent-decoded value of query parameter `name`, if present.
@@ -276,6 +284,15 @@ pub fn parse_request(
             })
             .collect(),
     };
+    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host; none is allowed
+    // in HTTP/1.0, but never two.
+    let hosts = request.headers_named("Host").count();
+    if hosts > 1 || (hosts == 0 && request.minor_version >= 1) {
+        return Err(HttpError::new(
+            Status::BadRequest,
+            "an HTTP/1.1 request needs exactly one Host header",
+        ));
+    }
     if request.header("Transfer-Encoding").is_some()
         || request
             .header("Content-Length")
@@ -472,6 +489,28 @@ mod tests {
     }
 
     #[test]
+    fn host_rules_and_absolute_targets() {
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\n\r\n").unwrap_err().status,
+            Status::BadRequest
+        );
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+                .unwrap_err()
+                .status,
+            Status::BadRequest
+        );
+        let (r, _) = parse(b"GET http://a:8080/chat/x?name=b HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.path(), "/chat/x");
+        let (r, _) = parse(b"GET HTTPS://a HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.path(), "/");
+    }
+
+    #[test]
     fn keep_alive_rules() {
         let (r, _) = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!r.keep_alive());
@@ -479,7 +518,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(r.keep_alive());
-        let (r, _) = parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        let (r, _) = parse(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
             .unwrap()
             .unwrap();
         assert!(!r.keep_alive());
@@ -509,7 +548,7 @@ mod tests {
             Status::HeaderFieldsTooLarge
         );
         assert_eq!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+            parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
                 .unwrap_err()
                 .status,
             Status::MethodNotAllowed

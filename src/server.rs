@@ -277,7 +277,7 @@ impl Server {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.read_connection(key);
                         }
-                        if event.is_writable() {
+                        if event.is_writable() && self.has_output(key) {
                             self.queue_flush(key);
                         }
                     }
@@ -993,6 +993,9 @@ impl Server {
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
+        if matches!(conn.phase, Phase::Draining) {
+            return; // already shut: a writable event after the FIN changes nothing
+        }
         if conn.peer_closed {
             return self.drop_connection(key, "closed");
         }
@@ -1087,6 +1090,12 @@ impl Server {
     }
 
     // ---- Small helpers ---------------------------------------------------------------
+
+    fn has_output(&self, key: usize) -> bool {
+        self.connections
+            .get(key)
+            .is_some_and(|c| !c.output.is_empty())
+    }
 
     fn peer(&self, key: usize) -> String {
         self.connections

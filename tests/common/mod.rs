@@ -316,3 +316,353 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+// ---- Added for the http, handshake, echo, chat and conformance tests ----------------
+
+impl Raw {
+    /// Everything the server sends until it ends the connection (EOF or reset),
+    /// starting with any bytes already buffered. `None` if the read timeout passes
+    /// first (the server kept the connection open).
+    pub fn read_to_eof(&mut self) -> Option<Vec<u8>> {
+        let mut all = std::mem::take(&mut self.buffered);
+        let mut chunk = [0u8; 65536];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Some(all),
+                Ok(n) => all.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return None
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Some(all),
+            }
+        }
+    }
+
+    /// Bytes received but not consumed yet by `read_frame`/`read_head`.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buffered
+    }
+
+    /// The next frame, which must be a text frame; its payload as a string.
+    pub fn read_text(&mut self) -> String {
+        let frame = self
+            .read_frame()
+            .expect("a frame, not the end of the connection");
+        assert_eq!(frame.opcode, op::TEXT, "expected a text frame: {frame:?}");
+        assert!(frame.fin, "expected an unfragmented frame: {frame:?}");
+        frame.text().to_string()
+    }
+
+    /// Asserts that the next thing from the server is a close frame with `code`,
+    /// with no data frame before it, and that the server then ends TCP without
+    /// sending anything more.
+    pub fn expect_close_then_eof(&mut self, code: u16) {
+        let (before, got) = self.read_until_close();
+        assert!(before.is_empty(), "frames before the close: {before:?}");
+        assert_eq!(got, Some(code), "close code");
+        let rest = self
+            .read_to_eof()
+            .expect("the server should close TCP after its close frame");
+        assert!(rest.is_empty(), "bytes after the close frame: {rest:?}");
+    }
+}
+
+/// A close frame payload: the code, big-endian, then the reason bytes.
+pub fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason);
+    payload
+}
+
+/// A fresh, empty directory under the system temp dir, unique to this process and
+/// `tag`. The caller removes it.
+pub fn fresh_temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("loopchat-test-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+// ---- limits helpers ----
+// Added for tests/limits.rs, tests/shutdown.rs and tests/soak.rs: the metrics page
+// as a whole, resident memory, crude JSON field access for chat frames, and
+// running the `loopchat` binary as a child process.
+
+/// The whole `/metrics` page, or `None` when the server does not answer 200 (at
+/// its connection limit it answers 503, or closes at once).
+pub fn try_metrics(addr: SocketAddr) -> Option<String> {
+    let mut raw = Raw::connect(addr);
+    raw.send(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let head = raw.read_head();
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let length = header_value(&head, "content-length")?.parse().ok()?;
+    String::from_utf8(raw.read_exact(length)).ok()
+}
+
+/// The value of metric `name` (with its labels, exactly as rendered) in a page
+/// returned by [`try_metrics`]; 0 if absent.
+pub fn metric_in(page: &str, name: &str) -> u64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open connections as `/metrics` counts them: `(http, websocket, closing)`.
+/// The connection asking for the page is itself one open HTTP connection, so a
+/// server with nobody else connected reports `(1, 0, 0)`.
+pub fn open_by_phase(addr: SocketAddr) -> Option<(u64, u64, u64)> {
+    let page = try_metrics(addr)?;
+    Some((
+        metric_in(&page, "loopchat_connections_open{phase=\"http\"}"),
+        metric_in(&page, "loopchat_connections_open{phase=\"websocket\"}"),
+        metric_in(&page, "loopchat_connections_open{phase=\"closing\"}"),
+    ))
+}
+
+/// Waits until nobody but the metrics request itself is connected, and no chat
+/// room is left. Returns the last reading if that does not happen in `timeout`.
+pub fn wait_until_empty(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let mut last = String::from("no reading");
+    let empty = eventually(timeout, || match try_metrics(addr) {
+        Some(page) => {
+            let open = (
+                metric_in(&page, "loopchat_connections_open{phase=\"http\"}"),
+                metric_in(&page, "loopchat_connections_open{phase=\"websocket\"}"),
+                metric_in(&page, "loopchat_connections_open{phase=\"closing\"}"),
+            );
+            let rooms = metric_in(&page, "loopchat_rooms");
+            last = format!("open (http, websocket, closing) = {open:?}, rooms = {rooms}");
+            open == (1, 0, 0) && rooms == 0
+        }
+        None => false,
+    });
+    if empty {
+        Ok(())
+    } else {
+        Err(last)
+    }
+}
+
+/// Resident memory in KiB (`VmRSS`) of process `pid`, or of this process.
+pub fn rss_kib(pid: Option<u32>) -> u64 {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {path}"))
+}
+
+/// The raw value of `"field":` in a flat JSON object such as a chat frame: the
+/// contents of a string (escapes left as they are), or a number as written.
+pub fn json_field<'a>(json: &'a str, field: &str) -> Option<&'a str> {
+    let key = format!("\"{field}\":");
+    let rest = &json[json.find(&key)? + key.len()..];
+    if let Some(string) = rest.strip_prefix('"') {
+        let bytes = string.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' => i += 2,
+                b'"' => return Some(&string[..i]),
+                _ => i += 1,
+            }
+        }
+        None
+    } else {
+        let end = rest.find([',', '}']).unwrap_or(rest.len());
+        Some(rest[..end].trim())
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (bind port 0, read, release).
+pub fn free_local_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A child process that is killed (SIGKILL, by its PID) if the test ends
+/// without having waited for it. Its stderr, if `log` is set, goes to that file.
+pub struct KillOnDrop {
+    pub child: std::process::Child,
+    pub log: Option<std::path::PathBuf>,
+}
+
+impl KillOnDrop {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// What the process wrote to stderr so far (its log file, or a piped stderr
+    /// once it has exited).
+    pub fn stderr_text(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(log) = &self.log {
+            text = std::fs::read_to_string(log).unwrap_or_default();
+        } else if let Some(mut stderr) = self.child.stderr.take() {
+            let _ = stderr.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// Everything the process wrote to a piped stdout (call after it exited).
+    pub fn stdout_text(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            let _ = stdout.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(log) = &self.log {
+            let _ = std::fs::remove_file(log);
+        }
+    }
+}
+
+/// Sends `signal` ("TERM", "INT", ...) to process `pid` with kill(1).
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// Starts the `loopchat` binary on a free port of 127.0.0.1 with `args` after
+/// `--addr`, and waits until it accepts connections. Its stderr (the log) goes to
+/// a file in the temp dir, so a chatty log never blocks it on a full pipe.
+pub fn spawn_binary(args: &[&str]) -> (KillOnDrop, SocketAddr) {
+    spawn_binary_limited(None, args)
+}
+
+/// [`spawn_binary`], with the open-files limit (soft and hard) lowered to
+/// `fd_limit` first if given (by `ulimit -n` in `/bin/sh`, which then `exec`s).
+pub fn spawn_binary_limited(fd_limit: Option<u32>, args: &[&str]) -> (KillOnDrop, SocketAddr) {
+    let port = free_local_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let log = std::env::temp_dir().join(format!("loopchat-test-{}-{port}.log", std::process::id()));
+    let stderr = std::fs::File::create(&log).expect("create log file");
+    let binary = env!("CARGO_BIN_EXE_loopchat");
+    let mut command = match fd_limit {
+        None => std::process::Command::new(binary),
+        Some(limit) => {
+            let mut sh = std::process::Command::new("/bin/sh");
+            sh.arg("-c")
+                .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                .arg(binary);
+            sh
+        }
+    };
+    let child = command
+        .arg("--addr")
+        .arg(addr.to_string())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn loopchat");
+    let mut child = KillOnDrop {
+        child,
+        log: Some(log),
+    };
+    wait_until_listening(&mut child, addr);
+    (child, addr)
+}
+
+/// Waits until `addr` accepts connections; panics with the child's stderr if the
+/// child exits first or it takes unreasonably long.
+pub fn wait_until_listening(child: &mut KillOnDrop, addr: SocketAddr) {
+    let mut exited = None;
+    let up = eventually(Duration::from_secs(20), || {
+        if let Ok(Some(status)) = child.child.try_wait() {
+            exited = Some(status);
+            return true;
+        }
+        TcpStream::connect(addr).is_ok()
+    });
+    if let Some(status) = exited {
+        panic!("loopchat exited early ({status}): {}", child.stderr_text());
+    }
+    assert!(up, "loopchat did not listen on {addr}");
+}
+
+impl Raw {
+    /// A second handle on the same socket that takes over the bytes already
+    /// buffered: read from it (on another thread) while this one writes.
+    pub fn reading_half(&mut self) -> Raw {
+        Raw {
+            stream: self.stream.try_clone().expect("clone socket"),
+            buffered: std::mem::take(&mut self.buffered),
+        }
+    }
+}
+
+/// Tries to upgrade on `path`: the connection, or the status it got instead
+/// (0 if the server closed without a response).
+pub fn try_websocket(addr: SocketAddr, path: &str) -> Result<Raw, u16> {
+    let mut raw = Raw::connect(addr);
+    let _ = raw.stream.write_all(upgrade_request(path, "").as_bytes());
+    let head = raw.read_head();
+    if head.starts_with("HTTP/1.1 101") {
+        Ok(raw)
+    } else {
+        Err(head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0))
+    }
+}
+
+/// Runs the `loopchat` binary with `args` to completion (at most `timeout`,
+/// killed otherwise): its exit status, stdout and stderr.
+pub fn run_binary(args: &[&str], timeout: Duration) -> (std::process::ExitStatus, String, String) {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_loopchat"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn loopchat");
+    let mut child = KillOnDrop { child, log: None };
+    let status = child
+        .wait_timeout(timeout)
+        .unwrap_or_else(|| panic!("loopchat {args:?} did not exit"));
+    (status, child.stdout_text(), child.stderr_text())
+}

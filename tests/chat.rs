@@ -1,0 +1,600 @@
+//! The chat over real sockets: rooms, the JSON frames (welcome, message, join,
+//! leave), names, escaping (no forged notices), history replay, and binary refusal.
+
+mod common;
+use common::*;
+use std::net::SocketAddr;
+
+// ---- A strict little JSON reader for the server's flat objects -------------------
+
+/// A value in a chat frame: the server sends strings and integers only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Value {
+    Str(String),
+    Int(i64),
+}
+
+/// A flat JSON object, fields in the order they were sent.
+#[derive(Debug, Clone)]
+struct Json {
+    source: String,
+    fields: Vec<(String, Value)>,
+}
+
+impl Json {
+    /// Parses `text` as one flat JSON object; panics on anything else (so a frame
+    /// that is not valid JSON fails the test).
+    fn parse(text: &str) -> Json {
+        let mut p = Parser {
+            s: text.as_bytes(),
+            i: 0,
+            text,
+        };
+        let fields = p.object();
+        p.ws();
+        assert_eq!(p.i, text.len(), "trailing bytes after the object: {text}");
+        let mut names: Vec<&String> = fields.iter().map(|(k, _)| k).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), fields.len(), "duplicate keys in {text}");
+        Json {
+            source: text.to_string(),
+            fields,
+        }
+    }
+
+    fn get(&self, key: &str) -> &Value {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("no {key:?} in {}", self.source))
+    }
+
+    fn str(&self, key: &str) -> &str {
+        match self.get(key) {
+            Value::Str(s) => s,
+            other => panic!("{key:?} is not a string but {other:?} in {}", self.source),
+        }
+    }
+
+    fn int(&self, key: &str) -> i64 {
+        match self.get(key) {
+            Value::Int(n) => *n,
+            other => panic!("{key:?} is not a number but {other:?} in {}", self.source),
+        }
+    }
+
+    fn kind(&self) -> &str {
+        self.str("type")
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.fields.iter().map(|(k, _)| k.as_str()).collect()
+    }
+}
+
+struct Parser<'a> {
+    s: &'a [u8],
+    i: usize,
+    text: &'a str,
+}
+
+impl Parser<'_> {
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "invalid JSON ({what}) at byte {} of {:?}",
+            self.i, self.text
+        )
+    }
+
+    fn ws(&mut self) {
+        while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\n' | b'\r') {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) {
+        self.ws();
+        if self.s.get(self.i) != Some(&byte) {
+            self.fail(&format!("expected {:?}", byte as char));
+        }
+        self.i += 1;
+    }
+
+    fn object(&mut self) -> Vec<(String, Value)> {
+        self.eat(b'{');
+        let mut fields = Vec::new();
+        self.ws();
+        if self.s.get(self.i) == Some(&b'}') {
+            self.i += 1;
+            return fields;
+        }
+        loop {
+            self.ws();
+            let key = self.string();
+            self.eat(b':');
+            self.ws();
+            let value = match self.s.get(self.i) {
+                Some(b'"') => Value::Str(self.string()),
+                Some(b'-' | b'0'..=b'9') => Value::Int(self.int()),
+                _ => self.fail("expected a string or an integer"),
+            };
+            fields.push((key, value));
+            self.ws();
+            match self.s.get(self.i) {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return fields;
+                }
+                _ => self.fail("expected , or }"),
+            }
+        }
+    }
+
+    fn int(&mut self) -> i64 {
+        let start = self.i;
+        if self.s[self.i] == b'-' {
+            self.i += 1;
+        }
+        while self.i < self.s.len() && self.s[self.i].is_ascii_digit() {
+            self.i += 1;
+        }
+        self.text[start..self.i]
+            .parse()
+            .unwrap_or_else(|_| self.fail("bad integer"))
+    }
+
+    fn hex4(&mut self) -> u32 {
+        let digits = self
+            .text
+            .get(self.i..self.i + 4)
+            .unwrap_or_else(|| self.fail("short \\u escape"));
+        self.i += 4;
+        u32::from_str_radix(digits, 16).unwrap_or_else(|_| self.fail("bad \\u escape"))
+    }
+
+    fn string(&mut self) -> String {
+        if self.s.get(self.i) != Some(&b'"') {
+            self.fail("expected a string");
+        }
+        self.i += 1;
+        let mut out = String::new();
+        loop {
+            let Some(&b) = self.s.get(self.i) else {
+                self.fail("unterminated string")
+            };
+            match b {
+                b'"' => {
+                    self.i += 1;
+                    return out;
+                }
+                b'\\' => {
+                    let Some(&e) = self.s.get(self.i + 1) else {
+                        self.fail("unterminated escape")
+                    };
+                    self.i += 2;
+                    match e {
+                        b'"' => out.push('"'),
+                        b'\\' => out.push('\\'),
+                        b'/' => out.push('/'),
+                        b'b' => out.push('\u{8}'),
+                        b'f' => out.push('\u{c}'),
+                        b'n' => out.push('\n'),
+                        b'r' => out.push('\r'),
+                        b't' => out.push('\t'),
+                        b'u' => {
+                            let mut code = self.hex4();
+                            if (0xd800..0xdc00).contains(&code) {
+                                if self.text.get(self.i..self.i + 2) != Some("\\u") {
+                                    self.fail("lone high surrogate");
+                                }
+                                self.i += 2;
+                                let low = self.hex4();
+                                if !(0xdc00..0xe000).contains(&low) {
+                                    self.fail("bad low surrogate");
+                                }
+                                code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00);
+                            }
+                            out.push(char::from_u32(code).unwrap_or_else(|| self.fail("bad char")));
+                        }
+                        _ => self.fail("unknown escape"),
+                    }
+                }
+                0x00..=0x1f => self.fail("raw control character in a string"),
+                _ => {
+                    // Copy one whole UTF-8 character.
+                    let rest = &self.text[self.i..];
+                    let c = rest.chars().next().unwrap();
+                    out.push(c);
+                    self.i += c.len_utf8();
+                }
+            }
+        }
+    }
+}
+
+// ---- Chat clients -------------------------------------------------------------------
+
+/// Reads the next frame as a chat JSON object.
+fn next(raw: &mut Raw) -> Json {
+    Json::parse(&raw.read_text())
+}
+
+/// Reads the next frame and checks its type.
+fn expect(raw: &mut Raw, kind: &str) -> Json {
+    let json = next(raw);
+    assert_eq!(json.kind(), kind, "{}", json.source);
+    json
+}
+
+/// Joins `path`, reads the welcome and any history up to the newcomer's own join
+/// notice. Returns the client, its welcome and the history.
+fn join(addr: SocketAddr, path: &str) -> (Raw, Json, Vec<Json>) {
+    let mut raw = Raw::websocket(addr, path);
+    let welcome = expect(&mut raw, "welcome");
+    let mut history = Vec::new();
+    loop {
+        let json = next(&mut raw);
+        match json.kind() {
+            "message" => history.push(json),
+            "join" => {
+                assert_eq!(json.int("id"), welcome.int("id"), "{}", json.source);
+                assert_eq!(json.int("online"), welcome.int("online"));
+                return (raw, welcome, history);
+            }
+            other => panic!("unexpected {other} before the join notice: {}", json.source),
+        }
+    }
+}
+
+/// Reads a join notice for `who` (a welcome) with `online` members.
+fn expect_join(raw: &mut Raw, who: &Json, online: i64) {
+    let json = expect(raw, "join");
+    assert_eq!(json.int("id"), who.int("id"), "{}", json.source);
+    assert_eq!(json.str("name"), who.str("name"));
+    assert_eq!(json.int("online"), online, "{}", json.source);
+}
+
+/// Reads a message and checks its author and text.
+fn expect_message(raw: &mut Raw, from: &Json, text: &str) -> Json {
+    let json = expect(raw, "message");
+    assert_eq!(json.int("id"), from.int("id"), "{}", json.source);
+    assert_eq!(json.str("from"), from.str("name"), "{}", json.source);
+    assert_eq!(json.str("text"), text, "{}", json.source);
+    json
+}
+
+/// A plausible time stamp in milliseconds since 1970 (after 2020).
+fn assert_ts(json: &Json) {
+    assert!(json.int("ts") > 1_577_836_800_000, "{}", json.source);
+}
+
+// ---- Tests --------------------------------------------------------------------------
+
+#[test]
+fn frame_shapes_welcome_join_message_leave() {
+    let server = start(config());
+    let (mut ann, ann_w, history) = join(server.addr, "/chat/shapes?name=ann");
+    assert!(history.is_empty());
+    assert_eq!(
+        ann_w.keys(),
+        ["type", "id", "name", "room", "online"],
+        "{}",
+        ann_w.source
+    );
+    assert_eq!(ann_w.str("name"), "ann");
+    assert_eq!(ann_w.str("room"), "shapes");
+    assert_eq!(ann_w.int("online"), 1);
+
+    let mut bob = Raw::websocket(server.addr, "/chat/shapes?name=bob");
+    let bob_w = expect(&mut bob, "welcome");
+    assert_eq!(bob_w.int("online"), 2);
+    assert_eq!(bob_w.str("room"), "shapes");
+    assert_ne!(bob_w.int("id"), ann_w.int("id"));
+    let bob_join = expect(&mut bob, "join");
+    assert_eq!(
+        bob_join.keys(),
+        ["type", "id", "name", "online", "ts"],
+        "{}",
+        bob_join.source
+    );
+    assert_eq!(bob_join.int("id"), bob_w.int("id"));
+    assert_eq!(bob_join.str("name"), "bob");
+    assert_eq!(bob_join.int("online"), 2);
+    assert_ts(&bob_join);
+    // The member already there hears of the newcomer too.
+    expect_join(&mut ann, &bob_w, 2);
+
+    ann.send_frame(true, op::TEXT, b"hello");
+    for raw in [&mut ann, &mut bob] {
+        let message = expect_message(raw, &ann_w, "hello");
+        assert_eq!(
+            message.keys(),
+            ["type", "id", "from", "text", "ts", "room"],
+            "{}",
+            message.source
+        );
+        assert_eq!(message.str("room"), "shapes");
+        assert_ts(&message);
+    }
+
+    bob.send_frame(true, op::CLOSE, &close_payload(1000, b""));
+    bob.expect_close_then_eof(1000);
+    let leave = expect(&mut ann, "leave");
+    assert_eq!(
+        leave.keys(),
+        ["type", "id", "name", "online", "ts"],
+        "{}",
+        leave.source
+    );
+    assert_eq!(leave.int("id"), bob_w.int("id"));
+    assert_eq!(leave.str("name"), "bob");
+    assert_eq!(leave.int("online"), 1);
+    assert_ts(&leave);
+    drop((ann, bob));
+    server.stop().unwrap();
+}
+
+#[test]
+fn broadcast_reaches_the_senders_room_only() {
+    let server = start(config());
+    let (mut a1, a1_w, _) = join(server.addr, "/chat/a?name=a1");
+    let (mut a2, a2_w, _) = join(server.addr, "/chat/a?name=a2");
+    expect_join(&mut a1, &a2_w, 2);
+    let (mut b1, b1_w, _) = join(server.addr, "/chat/b?name=b1");
+    let (mut a3, a3_w, _) = join(server.addr, "/chat/a?name=a3");
+    expect_join(&mut a1, &a3_w, 3);
+    expect_join(&mut a2, &a3_w, 3);
+    let (mut b2, b2_w, _) = join(server.addr, "/chat/b?name=b2");
+    expect_join(&mut b1, &b2_w, 2);
+    assert_eq!(a3_w.int("online"), 3);
+    assert_eq!(b2_w.int("online"), 2);
+
+    a1.send_frame(true, op::TEXT, b"hello a");
+    for raw in [&mut a1, &mut a2, &mut a3] {
+        expect_message(raw, &a1_w, "hello a");
+    }
+    // Room b heard nothing: the next thing each of its members gets is b's own
+    // message (the server handles one event at a time, so "hello a" would have
+    // been queued first).
+    b1.send_frame(true, op::TEXT, b"hello b");
+    for raw in [&mut b1, &mut b2] {
+        expect_message(raw, &b1_w, "hello b");
+    }
+    // ...and room a did not hear b.
+    a2.send_frame(true, op::TEXT, b"again a");
+    for raw in [&mut a1, &mut a2, &mut a3] {
+        expect_message(raw, &a2_w, "again a");
+    }
+    assert_eq!(metric(server.addr, "loopchat_rooms"), 2);
+    drop((a1, a2, a3, b1, b2));
+    server.stop().unwrap();
+}
+
+#[test]
+fn leave_notices_count_down() {
+    let server = start(config());
+    let (mut ann, _, _) = join(server.addr, "/chat/count?name=ann");
+    let (bob, bob_w, _) = join(server.addr, "/chat/count?name=bob");
+    expect_join(&mut ann, &bob_w, 2);
+    let (mut cy, cy_w, _) = join(server.addr, "/chat/count?name=cy");
+    expect_join(&mut ann, &cy_w, 3);
+    // bob's join reached bob already; cy's join reaches bob too, unread (bob leaves).
+
+    // bob just drops TCP (no close frame); cy closes properly.
+    drop(bob);
+    let leave = expect(&mut ann, "leave");
+    assert_eq!(
+        (leave.int("id"), leave.str("name"), leave.int("online")),
+        (bob_w.int("id"), "bob", 2)
+    );
+    cy.send_frame(true, op::CLOSE, &close_payload(1001, b"going"));
+    let (frames, code) = cy.read_until_close();
+    // cy may have had bob's leave queued before its close answer.
+    assert!(
+        frames
+            .iter()
+            .all(|f| Json::parse(f.text()).kind() == "leave"),
+        "{frames:?}"
+    );
+    assert_eq!(code, Some(1001));
+    let leave = expect(&mut ann, "leave");
+    assert_eq!(
+        (leave.int("id"), leave.str("name"), leave.int("online")),
+        (cy_w.int("id"), "cy", 1)
+    );
+    drop((ann, cy));
+    server.stop().unwrap();
+}
+
+#[test]
+fn chosen_and_default_names() {
+    let server = start(config());
+    let (mut ann, ann_w, _) = join(server.addr, "/chat/names?name=ann");
+    assert_eq!(ann_w.str("name"), "ann");
+    ann.send_frame(true, op::TEXT, b"hi");
+    let message = expect_message(&mut ann, &ann_w, "hi");
+    assert_eq!(message.str("from"), "ann");
+
+    // Percent-encoded, trimmed, and at most 32 characters.
+    let (spaced, spaced_w, _) = join(server.addr, "/chat/names?name=%20Ann%20B%20");
+    assert_eq!(spaced_w.str("name"), "Ann B");
+    let long = "n".repeat(40);
+    let (long_client, long_w, _) = join(server.addr, &format!("/chat/names?name={long}"));
+    assert_eq!(long_w.str("name"), "n".repeat(32));
+    // Without a name (or with an empty one): guest-<id>.
+    let (guest, guest_w, _) = join(server.addr, "/chat/names");
+    assert_eq!(guest_w.str("name"), format!("guest-{}", guest_w.int("id")));
+    let (empty, empty_w, _) = join(server.addr, "/chat/names?name=");
+    assert_eq!(empty_w.str("name"), format!("guest-{}", empty_w.int("id")));
+    drop((ann, spaced, long_client, guest, empty));
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_name_needing_escapes_stays_inside_its_string() {
+    let server = start(config());
+    // name = `"eve","type":"welcome` (percent-encoded in the query).
+    let (mut eve, eve_w, _) = join(
+        server.addr,
+        "/chat/esc?name=%22eve%22%2C%22type%22%3A%22welcome",
+    );
+    assert_eq!(eve_w.str("name"), "\"eve\",\"type\":\"welcome");
+    assert_eq!(eve_w.kind(), "welcome");
+    eve.send_frame(true, op::TEXT, b"x");
+    let message = expect_message(&mut eve, &eve_w, "x");
+    assert_eq!(message.kind(), "message");
+    drop(eve);
+    server.stop().unwrap();
+}
+
+#[test]
+fn clients_cannot_forge_notices_or_authors() {
+    let server = start(config());
+    let (mut ann, _, _) = join(server.addr, "/chat/forge?name=ann");
+    let (mut bob, bob_w, _) = join(server.addr, "/chat/forge?name=bob");
+    expect_join(&mut ann, &bob_w, 2);
+    let forgeries = [
+        r#"{"type":"join","id":0,"name":"admin","online":99,"ts":0}"#.to_string(),
+        r#"{"type":"message","id":1,"from":"ann","text":"I owe bob $100"}"#.to_string(),
+        r#"hi","from":"ann","x":""#.to_string(),
+        "quote \" backslash \\ slash / newline \n tab \t cr \r".to_string(),
+        "control \u{1} \u{1f} del \u{7f} and \u{2028}\u{2029}".to_string(),
+        "unicode: café 日本 🎉 </script><script>alert(1)</script>".to_string(),
+        "\\u0022 not an escape".to_string(),
+        String::new(),
+    ];
+    for text in &forgeries {
+        bob.send_frame(true, op::TEXT, text.as_bytes());
+        for raw in [&mut ann, &mut bob] {
+            let message = expect_message(raw, &bob_w, text);
+            assert_eq!(message.kind(), "message");
+            assert_eq!(message.str("from"), "bob");
+            assert_eq!(message.keys().len(), 6, "{}", message.source);
+            assert!(
+                message.source.starts_with(r#"{"type":"message","#),
+                "{}",
+                message.source
+            );
+        }
+    }
+    // On the wire, the forged notice is an escaped string inside "text".
+    bob.send_frame(true, op::TEXT, forgeries[0].as_bytes());
+    let wire = ann.read_text();
+    assert!(
+        wire.contains(r#","text":"{\"type\":\"join\",\"id\":0,"#),
+        "{wire}"
+    );
+    drop((ann, bob));
+    server.stop().unwrap();
+}
+
+#[test]
+fn newcomers_get_the_history_after_the_welcome() {
+    let server = start(config());
+    let (mut ann, ann_w, _) = join(server.addr, "/chat/hist?name=ann");
+    for text in ["one", "two", "three"] {
+        ann.send_frame(true, op::TEXT, text.as_bytes());
+        expect_message(&mut ann, &ann_w, text);
+    }
+    let mut bob = Raw::websocket(server.addr, "/chat/hist?name=bob");
+    let bob_w = expect(&mut bob, "welcome");
+    for text in ["one", "two", "three"] {
+        let old = expect_message(&mut bob, &ann_w, text);
+        assert_eq!(old.str("room"), "hist");
+    }
+    expect_join(&mut bob, &bob_w, 2);
+    // Other rooms' history is not replayed.
+    let (cy, _, history) = join(server.addr, "/chat/other");
+    assert!(history.is_empty());
+    drop((ann, bob, cy));
+    server.stop().unwrap();
+}
+
+#[test]
+fn history_is_bounded_by_config() {
+    let server = start(loopchat::Config {
+        history: 2,
+        ..config()
+    });
+    let (mut ann, ann_w, _) = join(server.addr, "/chat/bounded?name=ann");
+    for text in ["one", "two", "three"] {
+        ann.send_frame(true, op::TEXT, text.as_bytes());
+        expect_message(&mut ann, &ann_w, text);
+    }
+    let (bob, _, history) = join(server.addr, "/chat/bounded?name=bob");
+    let texts: Vec<&str> = history.iter().map(|m| m.str("text")).collect();
+    assert_eq!(texts, ["two", "three"]);
+    drop((ann, bob));
+    server.stop().unwrap();
+
+    let server = start(loopchat::Config {
+        history: 0,
+        ..config()
+    });
+    let (mut ann, ann_w, _) = join(server.addr, "/chat/none?name=ann");
+    ann.send_frame(true, op::TEXT, b"forgotten");
+    expect_message(&mut ann, &ann_w, "forgotten");
+    let (bob, _, history) = join(server.addr, "/chat/none?name=bob");
+    assert!(history.is_empty(), "{history:?}");
+    drop((ann, bob));
+    server.stop().unwrap();
+}
+
+#[test]
+fn binary_on_the_chat_gets_1003() {
+    let server = start(config());
+    let (mut ann, _, _) = join(server.addr, "/chat/bin?name=ann");
+    let (mut bob, bob_w, _) = join(server.addr, "/chat/bin?name=bob");
+    expect_join(&mut ann, &bob_w, 2);
+    bob.send_frame(true, op::BINARY, b"\x00\x01binary");
+    bob.expect_close_then_eof(1003);
+    // bob is out of the room, and nobody got his bytes.
+    let leave = expect(&mut ann, "leave");
+    assert_eq!((leave.int("id"), leave.int("online")), (bob_w.int("id"), 1));
+    // Fragmented binary too.
+    let (mut cy, _, _) = join(server.addr, "/chat/bin?name=cy");
+    cy.send_frame(false, op::BINARY, b"a");
+    cy.send_frame(true, op::CONTINUATION, b"b");
+    cy.expect_close_then_eof(1003);
+    drop((ann, bob, cy));
+    server.stop().unwrap();
+}
+
+#[test]
+fn plain_chat_path_is_the_lobby() {
+    let server = start(config());
+    let (mut ann, ann_w, _) = join(server.addr, "/chat?name=ann");
+    assert_eq!(ann_w.str("room"), "lobby");
+    let (bob, bob_w, _) = join(server.addr, "/chat/lobby?name=bob");
+    assert_eq!(bob_w.str("room"), "lobby");
+    // Same room either way.
+    assert_eq!(bob_w.int("online"), 2);
+    expect_join(&mut ann, &bob_w, 2);
+    ann.send_frame(true, op::TEXT, b"in the lobby");
+    assert_eq!(
+        expect_message(&mut ann, &ann_w, "in the lobby").str("room"),
+        "lobby"
+    );
+    drop((ann, bob));
+    server.stop().unwrap();
+}
+
+#[test]
+fn fragmented_text_and_pings_on_the_chat() {
+    let server = start(config());
+    let (mut ann, ann_w, _) = join(server.addr, "/chat/frag?name=ann");
+    ann.send_frame(false, op::TEXT, "frag".as_bytes());
+    ann.send_frame(true, op::PING, b"p");
+    ann.send_frame(true, op::CONTINUATION, "mented é".as_bytes());
+    let pong = ann.read_frame().unwrap();
+    assert_eq!(
+        (pong.opcode, pong.payload.as_slice()),
+        (op::PONG, &b"p"[..])
+    );
+    expect_message(&mut ann, &ann_w, "fragmented é");
+    drop(ann);
+    server.stop().unwrap();
+}
