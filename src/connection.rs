@@ -111,6 +111,21 @@ impl Connection {
         }
     }
 
+    /// Whether one more message may be queued under `limit` bytes. A queue over
+    /// the limit is first written to the socket (output is otherwise flushed
+    /// only at the end of the loop iteration), so only what the peer's socket
+    /// refuses counts against it: a burst does not condemn a peer that reads.
+    /// Bytes written are added to `bytes_out`.
+    pub fn has_room(&mut self, limit: usize, bytes_out: &mut u64) -> bool {
+        if self.output.queued() <= limit {
+            return true;
+        }
+        if let Ok((written, _)) = self.output.flush(&mut self.socket) {
+            *bytes_out += written as u64;
+        }
+        self.output.queued() <= limit
+    }
+
     /// Whether new frames may still be queued to this peer.
     pub fn accepts_frames(&self) -> bool {
         !self.doomed

@@ -679,7 +679,7 @@ impl Server {
             let accepts_frames = conn.accepts_frames();
             // A reply may be queued only below the output limit, so a queue holds
             // at most the limit plus one message.
-            let over_limit = conn.output.queued() > self.config.max_output;
+            let over_limit = !conn.has_room(self.config.max_output, &mut self.metrics.bytes_out);
             let Phase::WebSocket(ws) = &mut conn.phase else {
                 return;
             };
@@ -930,7 +930,7 @@ impl Server {
         }
         ws.awaiting_pong = true;
         ws.next_ping = now + self.config.ping_interval;
-        if conn.output.queued() > self.config.max_output {
+        if !conn.has_room(self.config.max_output, &mut self.metrics.bytes_out) {
             return self.disconnect_slow_reader(key);
         }
         conn.output
@@ -1137,7 +1137,7 @@ fn deliver(
     if !conn.accepts_frames() {
         return;
     }
-    if conn.output.queued() > max_output {
+    if !conn.has_room(max_output, &mut metrics.bytes_out) {
         pending.slow.push(key);
         return;
     }
