@@ -152,6 +152,8 @@ impl Segment {
     }
 }
 
+/// Slots of segment queue an empty queue keeps; a larger one is freed.
+const KEEP_SEGMENTS: usize = 8;
 /// Most segments handed to one `write_vectored` call (Linux allows 1024).
 const MAX_IOVECS: usize = 64;
 /// An owned buffer larger than this is freed instead of kept for reuse, so an idle
@@ -276,6 +278,11 @@ impl OutputQueue {
         }
         if self.segments.is_empty() {
             self.front_written = 0;
+            // A burst (say, a thousand join notices) grew the queue; an idle
+            // connection gives that memory back.
+            if self.segments.capacity() > KEEP_SEGMENTS {
+                self.segments = VecDeque::new();
+            }
         }
     }
 }
