@@ -79,6 +79,10 @@ pub struct Connection {
     pub peer_closed: bool,
     /// Reading waits until the output queue drains (HTTP pipelining backpressure).
     pub read_paused: bool,
+    /// Found past the output limit: about to be disconnected, gets nothing more.
+    pub slow: bool,
+    /// HTTP responses queued so far (an idle keep-alive connection has some).
+    pub requests_served: u64,
     /// Already in the server's list of connections to flush.
     pub flush_queued: bool,
     /// Marked for removal at the end of the loop iteration; receives nothing more.
@@ -98,6 +102,8 @@ impl Connection {
             after_flush: AfterFlush::KeepOpen,
             peer_closed: false,
             read_paused: false,
+            slow: false,
+            requests_served: 0,
             flush_queued: false,
             doomed: false,
         }
@@ -111,24 +117,10 @@ impl Connection {
         }
     }
 
-    /// Whether one more message may be queued under `limit` bytes. A queue over
-    /// the limit is first written to the socket (output is otherwise flushed
-    /// only at the end of the loop iteration), so only what the peer's socket
-    /// refuses counts against it: a burst does not condemn a peer that reads.
-    /// Bytes written are added to `bytes_out`.
-    pub fn has_room(&mut self, limit: usize, bytes_out: &mut u64) -> bool {
-        if self.output.queued() <= limit {
-            return true;
-        }
-        if let Ok((written, _)) = self.output.flush(&mut self.socket) {
-            *bytes_out += written as u64;
-        }
-        self.output.queued() <= limit
-    }
-
     /// Whether new frames may still be queued to this peer.
     pub fn accepts_frames(&self) -> bool {
         !self.doomed
+            && !self.slow
             && self.after_flush == AfterFlush::KeepOpen
             && matches!(&self.phase, Phase::WebSocket(ws) if !ws.close_sent)
     }
@@ -210,6 +202,26 @@ impl OutputQueue {
             encode(buf);
             self.queued += buf.len() - before;
         }
+    }
+
+    /// Whether one more message may be queued under `limit` bytes. A queue over
+    /// the limit is first written to `socket` (output otherwise waits for the end
+    /// of the loop iteration), so only what the peer's socket refuses counts
+    /// against it: a burst does not condemn a peer that reads. Bytes written are
+    /// added to `bytes_out`.
+    pub fn make_room(
+        &mut self,
+        socket: &mut impl Write,
+        limit: usize,
+        bytes_out: &mut u64,
+    ) -> bool {
+        if self.queued <= limit {
+            return true;
+        }
+        if let Ok((written, _)) = self.flush(socket) {
+            *bytes_out += written as u64;
+        }
+        self.queued <= limit
     }
 
     /// Drops every segment that has not started to go out, so that a slow reader's

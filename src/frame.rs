@@ -113,16 +113,26 @@ pub enum FrameError {
     NonMinimalLength,
 }
 
+impl FrameError {
+    /// A short description, also used as the reason in the close frame.
+    pub fn reason(self) -> &'static str {
+        match self {
+            FrameError::ReservedBitsSet => "reserved bits set",
+            FrameError::ReservedOpcode(_) => "reserved opcode",
+            FrameError::UnmaskedClientFrame => "client frame not masked",
+            FrameError::ControlFrameTooLong => "control frame longer than 125 bytes",
+            FrameError::FragmentedControlFrame => "fragmented control frame",
+            FrameError::LengthOutOfRange => "payload length has its top bit set",
+            FrameError::NonMinimalLength => "payload length not minimally encoded",
+        }
+    }
+}
+
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FrameError::ReservedBitsSet => write!(f, "reserved bits set"),
             FrameError::ReservedOpcode(op) => write!(f, "reserved opcode {op:#x}"),
-            FrameError::UnmaskedClientFrame => write!(f, "client frame not masked"),
-            FrameError::ControlFrameTooLong => write!(f, "control frame longer than 125 bytes"),
-            FrameError::FragmentedControlFrame => write!(f, "fragmented control frame"),
-            FrameError::LengthOutOfRange => write!(f, "payload length has its top bit set"),
-            FrameError::NonMinimalLength => write!(f, "payload length not minimally encoded"),
+            other => f.write_str(other.reason()),
         }
     }
 }
@@ -228,8 +238,8 @@ pub fn encode_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
 /// within the frame's payload, so a payload that arrives in pieces is unmasked
 /// piece by piece with the same result as all at once.
 ///
-/// Works eight bytes at a time on the aligned middle; the compiler turns the loop
-/// into vector instructions.
+/// Works eight bytes at a time (the tail byte by byte); the compiler turns the
+/// loop into vector instructions.
 pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     // Rotate the key so that key[0] applies to buf[0].
     let shift = offset % 4;

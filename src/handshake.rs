@@ -94,8 +94,9 @@ pub fn accept_upgrade(request: &Request, origins: &OriginPolicy) -> Result<Vec<u
             "WebSocket upgrade needs HTTP/1.1",
         ));
     }
-    // 2. A Host header field.
-    let Some(host) = request.header("Host") else {
+    // 2. A Host header field (or the authority of an absolute-form target,
+    // which RFC 9112 §3.2.2 says takes its place).
+    let Some(host) = request.authority() else {
         return Err(HttpError::new(Status::BadRequest, "missing Host header"));
     };
     // 3. An Upgrade header field whose value includes "websocket". A plain page
@@ -138,10 +139,11 @@ pub fn accept_upgrade(request: &Request, origins: &OriginPolicy) -> Result<Vec<u
         }
     }
     // 6. Sec-WebSocket-Version: 13; otherwise 426 naming the version we speak (§4.4).
-    let version_ok = request
-        .headers_named("Sec-WebSocket-Version")
-        .flat_map(|v| v.split(','))
-        .any(|v| v.trim() == WEBSOCKET_VERSION);
+    let mut versions = request.headers_named("Sec-WebSocket-Version");
+    let version_ok = matches!(
+        (versions.next(), versions.next()),
+        (Some(v), None) if v.trim() == WEBSOCKET_VERSION
+    );
     if !version_ok {
         return Err(HttpError::new(
             Status::UpgradeRequired,
@@ -288,6 +290,11 @@ Sec-WebSocket-Version: 13";
         );
         assert_eq!(
             status(&GOOD.replace("Sec-WebSocket-Version: 13", "X: y")),
+            Status::UpgradeRequired
+        );
+        // §4.2.1 asks for the value 13; §11.3.5: the field appears once.
+        assert_eq!(
+            status(&GOOD.replace("Version: 13", "Version: 8, 13")),
             Status::UpgradeRequired
         );
     }

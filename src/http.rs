@@ -7,10 +7,12 @@
 //! last read for the end of the header block, so a request dripped in byte by byte
 //! costs linear time, not quadratic. Sans-IO: bytes in, values and bytes out.
 
-use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The page, built into the binary so that it runs from anywhere.
 const EMBEDDED_INDEX: &[u8] = include_bytes!("../static/index.html");
@@ -127,14 +129,21 @@ impl Request {
     /// The path, without the query string. An absolute-form target
     /// (`http://host/path`, RFC 9112 §3.2.2) is reduced to its path.
     pub fn path(&self) -> &str {
-        let mut target = self.target.as_str();
-        for scheme in ["http://", "https://"] {
-            if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
-                let rest = &target[scheme.len()..];
-                target = rest.find('/').map_or("/", |i| &rest[i..]);
-            }
+        let target =
+            split_absolute_form(&self.target).map_or(self.target.as_str(), |(_, rest)| rest);
+        match target.split('?').next() {
+            Some("") | None => "/",
+            Some(path) => path,
         }
-        target.split('?').next().unwrap_or("")
+    }
+
+    /// The host (and port) the request is for. RFC 9112 §3.2.2: an absolute-form
+    /// target names it, and then `Host` is ignored; otherwise it is `Host`.
+    pub fn authority(&self) -> Option<&str> {
+        match split_absolute_form(&self.target) {
+            Some((authority, _)) => Some(authority),
+            None => self.header("Host"),
+        }
     }
 
     /// The percent-decoded value of query parameter `name`, if present.
@@ -155,11 +164,34 @@ impl Request {
     }
 }
 
+/// Splits `http://authority/rest` into authority and rest (the scheme compared
+/// without regard to case); `None` for an origin-form target such as `/chat`.
+fn split_absolute_form(target: &str) -> Option<(&str, &str)> {
+    let scheme = ["http://", "https://"].into_iter().find(|scheme| {
+        // Compared as bytes: the target may hold multi-byte characters, and
+        // slicing a str inside one would panic.
+        target
+            .as_bytes()
+            .get(..scheme.len())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(scheme.as_bytes()))
+    })?;
+    let rest = &target[scheme.len()..]; // the prefix is ASCII, so this is a boundary
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    Some(rest.split_at(end))
+}
+
 /// Decodes `%XX` escapes and `+` (as space); invalid escapes are kept as they are,
 /// and the result is decoded lossily as UTF-8.
 pub fn percent_decode(input: &str) -> String {
+    String::from_utf8_lossy(&decode_escapes(input, true).0).into_owned()
+}
+
+/// Decodes `%XX` escapes (and `+` as a space if `plus_is_space`). Returns the
+/// bytes and whether every `%` began a valid escape (invalid ones are kept).
+fn decode_escapes(input: &str, plus_is_space: bool) -> (Vec<u8>, bool) {
     let bytes = input.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
+    let mut all_valid = true;
     let mut i = 0;
     while i < bytes.len() {
         match (bytes[i], hex_byte(bytes.get(i + 1..i + 3))) {
@@ -167,17 +199,18 @@ pub fn percent_decode(input: &str) -> String {
                 out.push(byte);
                 i += 3;
             }
-            (b'+', _) => {
+            (b'+', _) if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }
             (other, _) => {
+                all_valid &= other != b'%';
                 out.push(other);
                 i += 1;
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    (out, all_valid)
 }
 
 /// The byte written by two hex digits, if `digits` is exactly that.
@@ -293,6 +326,12 @@ pub fn parse_request(
             "an HTTP/1.1 request needs exactly one Host header",
         ));
     }
+    if request
+        .header("Host")
+        .is_some_and(|host| !is_valid_host(host))
+    {
+        return Err(HttpError::new(Status::BadRequest, "invalid Host header"));
+    }
     if request.header("Transfer-Encoding").is_some()
         || request
             .header("Content-Length")
@@ -308,16 +347,28 @@ pub fn parse_request(
     Ok(Some((request, head_end)))
 }
 
+/// Whether `value` has the characters of a `Host` (RFC 3986 §3.2.2 host, an
+/// optional port): unreserved, percent escapes, sub-delims, `:` and IPv6 brackets.
+fn is_valid_host(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
+}
+
+/// A response body, shared: a file is read once and queued by reference on
+/// every connection that asks for it.
+pub type Body = Rc<[u8]>;
+
 /// A response ready to encode.
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: Status,
     pub headers: Vec<(&'static str, String)>,
-    pub body: Cow<'static, [u8]>,
+    pub body: Body,
 }
 
 impl Response {
-    pub fn new(status: Status, content_type: &str, body: Cow<'static, [u8]>) -> Self {
+    pub fn new(status: Status, content_type: &str, body: Body) -> Self {
         Response {
             status,
             headers: vec![("Content-Type", content_type.to_string())],
@@ -328,11 +379,7 @@ impl Response {
     /// A short plain-text error page.
     pub fn error(status: Status) -> Self {
         let body = format!("{} {}\n", status.code(), status.reason());
-        Response::new(
-            status,
-            "text/plain; charset=utf-8",
-            Cow::Owned(body.into_bytes()),
-        )
+        Response::new(status, "text/plain; charset=utf-8", body.as_bytes().into())
     }
 
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
@@ -340,45 +387,107 @@ impl Response {
         self
     }
 
-    /// Appends the encoded response to `out`. `head_only` is for `HEAD` requests:
-    /// the same headers, no body (RFC 9110 §9.3.2).
-    pub fn encode(&self, out: &mut Vec<u8>, head_only: bool, keep_alive: bool) {
+    /// Appends the status line and header fields (RFC 9112 §4-§6) to `out`. The
+    /// body goes separately, so a shared one is never copied; a `HEAD` response
+    /// has the same head and no body (RFC 9110 §9.3.2).
+    pub fn encode_head(&self, out: &mut Vec<u8>, keep_alive: bool, now: SystemTime) {
         use std::io::Write;
         let _ = write!(
             out,
-            "HTTP/1.1 {} {}\r\nServer: loopchat\r\nContent-Length: {}\r\n",
+            "HTTP/1.1 {} {}\r\nDate: {}\r\nServer: loopchat\r\nContent-Length: {}\r\n",
             self.status.code(),
             self.status.reason(),
+            http_date(now),
             self.body.len()
         );
+        let mut upgrade = false;
         for (name, value) in &self.headers {
+            upgrade |= name.eq_ignore_ascii_case("Upgrade");
             let _ = write!(out, "{name}: {value}\r\n");
         }
-        out.extend_from_slice(if keep_alive {
-            b"Connection: keep-alive\r\n\r\n"
-        } else {
-            b"Connection: close\r\n\r\n"
-        });
-        if !head_only {
-            out.extend_from_slice(&self.body);
-        }
+        // RFC 9110 §7.8: a sender of Upgrade also sends Connection: upgrade.
+        let connection = match (upgrade, keep_alive) {
+            (true, true) => "Upgrade, keep-alive",
+            (true, false) => "Upgrade, close",
+            (false, true) => "keep-alive",
+            (false, false) => "close",
+        };
+        let _ = write!(out, "Connection: {connection}\r\n\r\n");
     }
 }
 
+/// An IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(time: SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = secs / 86_400;
+    let (hour, minute, second) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    format!(
+        "{}, {day:02} {} {year} {hour:02}:{minute:02}:{second:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize]
+    )
+}
+
 /// Where pages come from: the page built into the binary, or a folder on disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StaticFiles {
-    Embedded,
+#[derive(Debug)]
+pub struct StaticFiles {
+    source: Source,
+    /// Files read from the folder, kept while their size and time are unchanged.
+    cache: HashMap<PathBuf, CachedFile>,
+}
+
+#[derive(Debug)]
+enum Source {
+    Embedded(Body),
     Dir(PathBuf),
 }
 
+#[derive(Debug)]
+struct CachedFile {
+    len: u64,
+    modified: Option<SystemTime>,
+    body: Body,
+}
+
 impl StaticFiles {
+    /// The page built into the binary, at `/` and `/index.html`.
+    pub fn embedded() -> Self {
+        StaticFiles {
+            source: Source::Embedded(EMBEDDED_INDEX.into()),
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The files under `root`.
+    pub fn dir(root: PathBuf) -> Self {
+        StaticFiles {
+            source: Source::Dir(root),
+            cache: HashMap::new(),
+        }
+    }
+
     /// The file for a request path, with its content type; `None` if there is none.
     ///
     /// A directory path serves its `index.html`. A path with `..`, a backslash or a
     /// NUL never resolves; on disk, the resolved file (symlinks followed) must still
-    /// lie inside the root.
-    pub fn lookup(&self, path: &str) -> Option<(Cow<'static, [u8]>, &'static str)> {
+    /// lie inside the root. Files are read from disk on the loop's thread: this is
+    /// a page server for a handful of small files, not a file server.
+    pub fn lookup(&mut self, path: &str) -> Option<(Body, &'static str)> {
         let decoded = percent_decode_path(path)?;
         let relative = decoded.trim_start_matches('/');
         let relative = if relative.is_empty() || relative.ends_with('/') {
@@ -396,37 +505,42 @@ impl StaticFiles {
         {
             return None;
         }
-        match self {
-            StaticFiles::Embedded => (relative == "index.html")
-                .then(|| (Cow::Borrowed(EMBEDDED_INDEX), content_type(&relative))),
-            StaticFiles::Dir(root) => {
+        let body = match &self.source {
+            Source::Embedded(index) => (relative == "index.html").then(|| Rc::clone(index))?,
+            Source::Dir(root) => {
                 let root = root.canonicalize().ok()?;
                 let full = root.join(candidate).canonicalize().ok()?;
-                if !full.starts_with(&root) || !full.is_file() {
+                if !full.starts_with(&root) {
                     return None;
                 }
-                let body = fs::read(&full).ok()?;
-                Some((Cow::Owned(body), content_type(&relative)))
+                let meta = fs::metadata(&full).ok().filter(|m| m.is_file())?;
+                let modified = meta.modified().ok();
+                match self.cache.get(&full) {
+                    Some(hit) if hit.len == meta.len() && hit.modified == modified => {
+                        Rc::clone(&hit.body)
+                    }
+                    _ => {
+                        let body: Body = fs::read(&full).ok()?.into();
+                        let entry = CachedFile {
+                            len: meta.len(),
+                            modified,
+                            body: Rc::clone(&body),
+                        };
+                        self.cache.insert(full, entry);
+                        body
+                    }
+                }
             }
-        }
+        };
+        Some((body, content_type(&relative)))
     }
 }
 
-/// Percent-decodes a path (no `+` rule); `None` if it is not UTF-8.
+/// Percent-decodes a path (no `+` rule); `None` if an escape is invalid or the
+/// result is not UTF-8.
 fn percent_decode_path(path: &str) -> Option<String> {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            out.push(hex_byte(bytes.get(i + 1..i + 3))?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    let (bytes, all_valid) = decode_escapes(path, false);
+    all_valid.then(|| String::from_utf8(bytes).ok()).flatten()
 }
 
 /// The `Content-Type` for a file name, by extension.
@@ -556,22 +670,71 @@ mod tests {
     }
 
     #[test]
-    fn responses_encode_with_length_and_connection() {
-        let resp = Response::new(Status::Ok, "text/plain", Cow::Borrowed(b"hi"));
+    fn response_heads() {
+        let resp = Response::new(Status::Ok, "text/plain", b"hi"[..].into());
         let mut out = Vec::new();
-        resp.encode(&mut out, false, true);
+        let when = UNIX_EPOCH + std::time::Duration::from_secs(784_111_777);
+        resp.encode_head(&mut out, true, when);
         let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n"));
         assert!(text.contains("Content-Length: 2\r\n"));
-        assert!(text.ends_with("Connection: keep-alive\r\n\r\nhi"));
+        assert!(text.ends_with("Connection: keep-alive\r\n\r\n"));
+        let upgrade = Response::error(Status::UpgradeRequired).with_header("Upgrade", "websocket");
         let mut head = Vec::new();
-        resp.encode(&mut head, true, false);
-        assert!(String::from_utf8(head).unwrap().ends_with("close\r\n\r\n"));
+        upgrade.encode_head(&mut head, false, when);
+        assert!(String::from_utf8(head)
+            .unwrap()
+            .ends_with("Upgrade: websocket\r\nConnection: Upgrade, close\r\n\r\n"));
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
+        let leap = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(http_date(leap), "Tue, 29 Feb 2000 00:00:00 GMT");
+    }
+
+    #[test]
+    fn non_ascii_targets_do_not_panic() {
+        for target in [
+            "/abcde\u{e9}",
+            "/abcdef\u{e9}x",
+            "h\u{e9}ttp://a/",
+            "http://\u{e9}/x",
+        ] {
+            let request = Request {
+                method: "GET".into(),
+                target: target.into(),
+                minor_version: 1,
+                headers: vec![("Host".into(), "a".into())],
+            };
+            let _ = (
+                request.path(),
+                request.authority(),
+                request.query_param("x"),
+            );
+        }
+        let raw = "GET /abcde\u{e9} HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (request, _) = parse(raw.as_bytes()).unwrap().unwrap();
+        assert_eq!(request.path(), "/abcde\u{e9}");
+    }
+
+    #[test]
+    fn invalid_hosts_are_refused() {
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n")
+                .unwrap_err()
+                .status,
+            Status::BadRequest
+        );
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n")
+            .unwrap()
+            .is_some());
     }
 
     #[test]
     fn embedded_files_and_traversal() {
-        let files = StaticFiles::Embedded;
+        let mut files = StaticFiles::embedded();
         assert!(files.lookup("/").is_some());
         assert!(files.lookup("/index.html").is_some());
         assert!(files.lookup("/nope.css").is_none());
@@ -590,7 +753,7 @@ mod tests {
         let root = std::env::temp_dir().join(format!("loopchat-http-{}", std::process::id()));
         fs::create_dir_all(root.join("sub")).unwrap();
         fs::write(root.join("sub/a.css"), b"body{}").unwrap();
-        let files = StaticFiles::Dir(root.join("sub"));
+        let mut files = StaticFiles::dir(root.join("sub"));
         let (body, ty) = files.lookup("/a.css").unwrap();
         assert_eq!((&*body, ty), (&b"body{}"[..], "text/css; charset=utf-8"));
         fs::write(root.join("secret"), b"x").unwrap();
@@ -608,7 +771,18 @@ mod tests {
 
         #[test]
         fn lookup_never_escapes(path in "[/a-z.%25\\\\]{0,30}") {
-            let _ = StaticFiles::Embedded.lookup(&path);
+            let _ = StaticFiles::embedded().lookup(&path);
+        }
+
+        #[test]
+        fn request_accessors_never_panic(target in "\\PC{0,24}") {
+            let request = Request {
+                method: "GET".into(),
+                target,
+                minor_version: 1,
+                headers: Vec::new(),
+            };
+            let _ = (request.path(), request.authority(), request.query_param("name"));
         }
     }
 }

@@ -1,8 +1,8 @@
 //! From frames to messages: fragmentation, UTF-8, control frames and close codes.
 //!
 //! Implements RFC 6455 §5.4 (fragmentation), §5.5 (control frames), §5.6 and §8.1
-//! (text is UTF-8, failed with 1007 otherwise), §7.4 (status codes) and the rule of
-//! §5.1 that client frames are masked. [`Receiver`] is sans-IO: it is fed bytes as
+//! (text is UTF-8, failed with 1007 otherwise) and §7.4 (status codes); the
+//! frame-level rules (masking, reserved bits) are `frame`'s. [`Receiver`] is sans-IO: it is fed bytes as
 //! they come off the socket, in pieces of any size, and hands back one [`Event`] at a
 //! time. It consumes payload bytes as they arrive (it never waits for a whole frame),
 //! so invalid UTF-8 is caught on the read that carries it, and a frame's header is
@@ -68,16 +68,7 @@ impl ProtocolError {
 
 impl From<FrameError> for ProtocolError {
     fn from(error: FrameError) -> Self {
-        let reason = match error {
-            FrameError::ReservedBitsSet => "reserved bits set",
-            FrameError::ReservedOpcode(_) => "reserved opcode",
-            FrameError::UnmaskedClientFrame => "client frame not masked",
-            FrameError::ControlFrameTooLong => "control frame too long",
-            FrameError::FragmentedControlFrame => "fragmented control frame",
-            FrameError::LengthOutOfRange => "payload length out of range",
-            FrameError::NonMinimalLength => "payload length not minimal",
-        };
-        ProtocolError::new(CloseCode::PROTOCOL_ERROR, reason)
+        ProtocolError::new(CloseCode::PROTOCOL_ERROR, error.reason())
     }
 }
 
@@ -92,6 +83,16 @@ impl fmt::Display for ProtocolError {
 pub enum MessageKind {
     Text,
     Binary,
+}
+
+impl MessageKind {
+    /// The opcode of a one-frame message of this kind.
+    pub fn opcode(self) -> OpCode {
+        match self {
+            MessageKind::Text => OpCode::Text,
+            MessageKind::Binary => OpCode::Binary,
+        }
+    }
 }
 
 /// One thing the peer said, borrowed from the receiver until the next call.
@@ -144,6 +145,9 @@ pub struct Receiver {
     /// A close frame was received or an error returned: accept nothing more.
     finished: bool,
 }
+
+/// The most a frame header makes the receiver reserve before its payload arrives.
+const RESERVE_AHEAD: u64 = 256 * 1024;
 
 /// Messages and frames larger than this keep no buffer after they are delivered,
 /// so a connection that once received a big message does not hold it while idle.
@@ -321,7 +325,10 @@ impl Receiver {
                         "message exceeds the size limit",
                     ));
                 }
-                self.message.reserve(header.payload_len as usize);
+                // Reserve what this frame announces, but no more than a read's
+                // worth: a header alone must not make the server commit memory.
+                self.message
+                    .reserve(header.payload_len.min(RESERVE_AHEAD) as usize);
                 Ok(())
             }
             OpCode::Close | OpCode::Ping | OpCode::Pong => {

@@ -1,10 +1,10 @@
 //! The event loop: one `mio::Poll`, the listener, every connection in a `Slab`.
 //!
 //! Read this file first. One iteration of [`Server::run`] does, in order: wait for
-//! readiness (no longer than the next timer), accept, read each ready connection
-//! until `WouldBlock` and act on what it said, run the timers, flush every
-//! connection that has output, and free the connections that were closed during the
-//! iteration. mio is edge-triggered: a socket that is not drained to `WouldBlock`
+//! readiness (no longer than the next timer); read each ready connection until
+//! `WouldBlock` and act on what it said; accept new connections; run the timers;
+//! flush every connection that has output; and free the connections that were
+//! closed during the iteration. mio is edge-triggered: a socket that is not drained to `WouldBlock`
 //! gets no new event, so any work left over (accepts past the per-wake bound, reads
 //! past the per-wake budget) is remembered and makes the next poll return at once.
 //!
@@ -24,7 +24,6 @@ use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
-use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
@@ -105,7 +104,7 @@ pub fn spawn(config: Config) -> io::Result<RunningServer> {
                     return Ok(());
                 }
             };
-            let _ = tx.send(Ok((server.local_addr()?, server.handle())));
+            let _ = tx.send(Ok((server.local_addr(), server.handle())));
             server.run()
         })?;
     let (addr, handle) = rx
@@ -116,6 +115,16 @@ pub fn spawn(config: Config) -> io::Result<RunningServer> {
         handle,
         thread,
     })
+}
+
+/// What a WebSocket event leaves to do once the connection is released.
+enum Next {
+    Nothing,
+    Flush,
+    SlowReader,
+    Broadcast(Rc<str>, SharedFrame),
+    Fail(ProtocolError),
+    CloseReceived(Option<CloseCode>),
 }
 
 /// Work found during an iteration, done at its end.
@@ -129,6 +138,16 @@ struct Pending {
     doomed: Vec<usize>,
     /// Connections that still had input when their read budget ran out.
     read_more: Vec<usize>,
+}
+
+impl Pending {
+    /// Adds connection `key` to the flush list, once.
+    fn queue_flush(&mut self, conn: &mut Connection, key: usize) {
+        if !conn.flush_queued && !conn.doomed {
+            conn.flush_queued = true;
+            self.flush.push(key);
+        }
+    }
 }
 
 /// The chat server: all state, owned by the loop.
@@ -152,6 +171,8 @@ pub struct Server {
     /// The listener may have connections we have not accepted yet.
     accept_ready: bool,
     accept_paused_until: Option<Instant>,
+    /// Set while `drop_slow_readers` runs, so that it never nests.
+    dropping_slow_readers: bool,
     /// The id the next chat member gets (never reused, unlike slab keys).
     next_member_id: u64,
     /// Refusals since the last log line about them (logged once per tick).
@@ -201,8 +222,8 @@ impl Server {
             stop: Arc::new(AtomicBool::new(false)),
             signals: None,
             static_files: match &config.static_dir {
-                Some(dir) => StaticFiles::Dir(dir.clone()),
-                None => StaticFiles::Embedded,
+                Some(dir) => StaticFiles::dir(dir.clone()),
+                None => StaticFiles::embedded(),
             },
             origins: OriginPolicy {
                 allowed: config.allowed_origins.clone(),
@@ -213,6 +234,7 @@ impl Server {
                 idle_rooms: config.idle_rooms,
             }),
             next_member_id: 1,
+            dropping_slow_readers: false,
             config,
             max_connections,
             connections: Slab::new(),
@@ -229,8 +251,8 @@ impl Server {
     }
 
     /// The address the listener is bound to (useful with port 0).
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local_addr)
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
     }
 
     /// A handle that stops the server from another thread.
@@ -361,13 +383,19 @@ impl Server {
             self.metrics.connections_refused += 1;
             self.refused_unlogged += 1;
             metrics::count(&mut self.metrics.http_errors, 503);
-            let mut response = Vec::new();
-            Response::error(Status::ServiceUnavailable)
-                .with_header("Retry-After", "5")
-                .encode(&mut response, false, false);
-            // A fresh socket's send buffer is empty, so this write completes; if it
-            // does not, the peer sees the connection closed, which also says "no".
-            let _ = socket.write(&response);
+            let response =
+                Response::error(Status::ServiceUnavailable).with_header("Retry-After", "5");
+            let mut bytes = Vec::new();
+            response.encode_head(&mut bytes, false, SystemTime::now());
+            bytes.extend_from_slice(&response.body);
+            // A fresh socket's send buffer is empty, so this write completes. The
+            // socket is then closed at once (past the limit, we keep no descriptor
+            // for it): if the request has already arrived unread, the close sends
+            // a reset, which on a real network may overtake the 503; either way
+            // the peer learns "not now".
+            if let Ok(n) = socket.write(&bytes) {
+                self.metrics.bytes_out += n as u64;
+            }
             let _ = socket.shutdown(Shutdown::Write);
             return;
         }
@@ -526,9 +554,11 @@ impl Server {
     /// Routes one request: an upgrade, the metrics page, or a static file.
     fn handle_request(&mut self, key: usize, request: Request) {
         let path = request.path().to_string();
-        let endpoint = if path == "/echo" {
+        let endpoint = if !is_websocket_path(&path) {
+            None
+        } else if path == "/echo" {
             Some(Ok(Endpoint::Echo))
-        } else if path == "/chat" || path.starts_with("/chat/") {
+        } else {
             let room = path.strip_prefix("/chat/").unwrap_or(chat::DEFAULT_ROOM);
             Some(if chat::is_valid_room(room) {
                 let id = self.next_member_id;
@@ -544,8 +574,6 @@ impl Server {
             } else {
                 Err(HttpError::new(Status::NotFound, "invalid room name"))
             })
-        } else {
-            None
         };
         match endpoint {
             Some(Ok(endpoint)) => match handshake::accept_upgrade(&request, &self.origins) {
@@ -572,7 +600,7 @@ impl Server {
             Response::new(
                 Status::Ok,
                 "text/plain; version=0.0.4; charset=utf-8",
-                Cow::Owned(body.into_bytes()),
+                body.as_bytes().into(),
             )
         } else {
             match self.static_files.lookup(path) {
@@ -604,7 +632,9 @@ impl Server {
                 .with_header("Upgrade", "websocket");
         }
         if error.status == Status::MethodNotAllowed {
-            response = response.with_header("Allow", "GET, HEAD");
+            // A WebSocket endpoint takes GET only; pages take HEAD too.
+            let websocket = request.is_some_and(|r| is_websocket_path(r.path()));
+            response = response.with_header("Allow", if websocket { "GET" } else { "GET, HEAD" });
         }
         let what = request.map_or(String::new(), |r| format!(" {} {}", r.method, r.target));
         info!("{} [{key}]{what} -> {error}", self.peer(key));
@@ -612,17 +642,19 @@ impl Server {
         self.respond(key, &response, head_only, false);
     }
 
-    /// Queues a response; without keep-alive the connection closes after it.
+    /// Queues a response: its head, then its body by reference. Without
+    /// keep-alive the connection closes after it.
     fn respond(&mut self, key: usize, response: &Response, head_only: bool, keep_alive: bool) {
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
+        conn.requests_served += 1;
         conn.output
-            .push_owned(|out| response.encode(out, head_only, keep_alive));
-        if keep_alive {
-            // The next request gets a fresh deadline.
-            conn.deadline = Some(Instant::now() + self.config.handshake_timeout);
-        } else {
+            .push_owned(|out| response.encode_head(out, keep_alive, SystemTime::now()));
+        if !head_only && !response.body.is_empty() {
+            conn.output.push_shared(&response.body);
+        }
+        if !keep_alive {
             conn.after_flush = AfterFlush::Shutdown;
             conn.input = Vec::new();
         }
@@ -677,96 +709,110 @@ impl Server {
                 return;
             };
             let accepts_frames = conn.accepts_frames();
-            // A reply may be queued only below the output limit, so a queue holds
-            // at most the limit plus one message.
-            let over_limit = !conn.has_room(self.config.max_output, &mut self.metrics.bytes_out);
             let Phase::WebSocket(ws) = &mut conn.phase else {
                 return;
             };
             let (consumed, event) = match ws.receiver.next_event(&bytes[pos..]) {
                 Ok(result) => result,
-                Err(error) => {
-                    self.fail_websocket(key, error);
-                    return;
-                }
+                Err(error) => return self.fail_websocket(key, error),
             };
             pos += consumed;
             let Some(event) = event else {
                 return;
             };
-            match event {
+            // The event borrows the connection: act on it there, and say what is
+            // left to do once the borrow ends.
+            let limit = self.config.max_output;
+            let bytes_out = &mut self.metrics.bytes_out;
+            let next = match event {
+                Event::Message(..) if !accepts_frames => {
+                    // We already said goodbye (§5.5.1: after a close frame, send
+                    // no more data): the message is dropped.
+                    Next::Nothing
+                }
                 Event::Message(kind, payload) => {
                     self.metrics.messages_in += 1;
-                    if !accepts_frames {
-                        // We already said goodbye (§5.5.1: after a close frame,
-                        // send no more data); the message is dropped.
-                        continue;
-                    }
                     match &ws.endpoint {
-                        Endpoint::Echo if over_limit => self.disconnect_slow_reader(key),
                         Endpoint::Echo => {
-                            let opcode = match kind {
-                                MessageKind::Text => OpCode::Text,
-                                MessageKind::Binary => OpCode::Binary,
-                            };
-                            conn.output
-                                .push_owned(|out| frame::encode_frame(out, opcode, payload));
-                            self.metrics.frames_out += 1;
-                            self.queue_flush(key);
+                            if conn.output.make_room(&mut conn.socket, limit, bytes_out) {
+                                conn.output.push_owned(|out| {
+                                    frame::encode_frame(out, kind.opcode(), payload)
+                                });
+                                Next::Flush
+                            } else {
+                                Next::SlowReader
+                            }
                         }
-                        Endpoint::Chat { room, member } => {
-                            let text = match (kind, std::str::from_utf8(payload)) {
-                                (MessageKind::Text, Ok(text)) => text,
-                                _ => {
-                                    let error = ProtocolError {
-                                        code: CloseCode::UNSUPPORTED_DATA,
-                                        reason: "the chat takes text messages only",
-                                    };
-                                    self.fail_websocket(key, error);
-                                    return;
-                                }
-                            };
-                            let frame = chat::message_frame(room, member, text, unix_millis());
-                            let room = Rc::clone(room);
-                            self.broadcast(&room, frame);
-                        }
+                        Endpoint::Chat { room, member } => match std::str::from_utf8(payload) {
+                            Ok(text) if kind == MessageKind::Text => Next::Broadcast(
+                                Rc::clone(room),
+                                chat::message_frame(room, member, text, unix_millis()),
+                            ),
+                            _ => Next::Fail(ProtocolError {
+                                code: CloseCode::UNSUPPORTED_DATA,
+                                reason: "the chat takes text messages only",
+                            }),
+                        },
                     }
                 }
-                Event::Ping(_) if !accepts_frames => {}
-                Event::Ping(_) if over_limit => self.disconnect_slow_reader(key),
+                Event::Ping(_) if !accepts_frames => Next::Nothing,
                 Event::Ping(payload) => {
-                    conn.output
-                        .push_owned(|out| frame::encode_frame(out, OpCode::Pong, payload));
-                    self.queue_flush(key);
+                    if conn.output.make_room(&mut conn.socket, limit, bytes_out) {
+                        conn.output
+                            .push_owned(|out| frame::encode_frame(out, OpCode::Pong, payload));
+                        Next::Flush
+                    } else {
+                        Next::SlowReader
+                    }
                 }
-                Event::Pong(_) => ws.awaiting_pong = false,
+                Event::Pong(_) => {
+                    ws.awaiting_pong = false;
+                    Next::Nothing
+                }
                 Event::Close(code, reason) => {
                     match code {
                         Some(code) => info!("{} [{key}] sent close {code} {reason:?}", conn.peer),
                         None => info!("{} [{key}] sent close without a code", conn.peer),
                     }
-                    let code = code.unwrap_or(CloseCode::NO_STATUS);
-                    metrics::count(&mut self.metrics.closes_received, code.0);
-                    if ws.close_sent {
-                        // The peer's answer to our close: the handshake is complete.
-                        conn.after_flush = AfterFlush::Shutdown;
-                        self.queue_flush(key);
-                    } else {
-                        // Echo the peer's code (§5.5.1); an empty close gets 1000.
-                        let reply = if code == CloseCode::NO_STATUS {
-                            CloseCode::NORMAL
-                        } else {
-                            code
-                        };
-                        self.send_close(key, reply, "");
-                        if let Some(conn) = self.connections.get_mut(key) {
-                            conn.after_flush = AfterFlush::Shutdown;
-                        }
-                    }
-                    self.leave_room(key);
-                    return;
+                    Next::CloseReceived(code)
                 }
+            };
+            match next {
+                Next::Nothing => {}
+                Next::Flush => {
+                    self.metrics.frames_out += 1;
+                    self.queue_flush(key);
+                }
+                Next::SlowReader => self.disconnect_slow_reader(key),
+                Next::Broadcast(room, frame) => self.broadcast(&room, frame),
+                Next::Fail(error) => return self.fail_websocket(key, error),
+                Next::CloseReceived(code) => return self.on_close_frame(key, code),
             }
+        }
+    }
+
+    /// The peer's close frame (§5.5.1): either the answer to ours, which completes
+    /// the closing handshake, or its own, which we answer with the same code.
+    fn on_close_frame(&mut self, key: usize, code: Option<CloseCode>) {
+        let received = code.unwrap_or(CloseCode::NO_STATUS);
+        metrics::count(&mut self.metrics.closes_received, received.0);
+        let close_sent = match self.connections.get_mut(key).and_then(|c| c.websocket()) {
+            Some(ws) => ws.close_sent,
+            None => return,
+        };
+        if !close_sent {
+            // An empty close is answered with 1000.
+            self.send_close(key, code.unwrap_or(CloseCode::NORMAL), "");
+        }
+        self.leave_room(key);
+        self.close_after_flush(key);
+    }
+
+    /// Closes TCP once the queued output (our close frame) is out.
+    fn close_after_flush(&mut self, key: usize) {
+        if let Some(conn) = self.connections.get_mut(key) {
+            conn.after_flush = AfterFlush::Shutdown;
+            self.queue_flush(key);
         }
     }
 
@@ -775,10 +821,8 @@ impl Server {
     fn fail_websocket(&mut self, key: usize, error: ProtocolError) {
         info!("{} [{key}] protocol error: {error}", self.peer(key));
         self.send_close(key, error.code, error.reason);
-        if let Some(conn) = self.connections.get_mut(key) {
-            conn.after_flush = AfterFlush::Shutdown;
-        }
         self.leave_room(key);
+        self.close_after_flush(key);
     }
 
     /// Queues our close frame (once) and starts the close deadline.
@@ -797,13 +841,17 @@ impl Server {
             .push_owned(|out| message::encode_close(out, code, reason));
         conn.deadline = Some(Instant::now() + self.config.close_timeout);
         metrics::count(&mut self.metrics.closes_sent, code.0);
+        self.metrics.frames_out += 1;
         self.queue_flush(key);
     }
 
     /// A reply for `key` found its queue past the output limit.
     fn disconnect_slow_reader(&mut self, key: usize) {
-        self.pending.slow.push(key);
-        self.drop_slow_readers();
+        if let Some(conn) = self.connections.get_mut(key) {
+            conn.slow = true;
+            self.pending.slow.push(key);
+            self.drop_slow_readers();
+        }
     }
 
     /// Sends a chat frame to every member of `room`.
@@ -833,27 +881,40 @@ impl Server {
     }
 
     /// Disconnects the peers found too slow during the last delivery: their unsent
-    /// backlog is dropped, a close 1008 is queued, and they leave their room (whose
-    /// notice may find more slow readers, hence the loop).
+    /// backlog is dropped, a close 1008 is queued, and they leave their room.
+    /// Leave notices may find more slow readers; they are taken in the next round
+    /// of the loop here, never by a nested call, and each peer is marked slow once
+    /// (so nothing is delivered to it, or tried on its socket, after that).
     fn drop_slow_readers(&mut self) {
-        while let Some(key) = self.pending.slow.pop() {
-            let Some(conn) = self.connections.get_mut(key) else {
-                continue;
-            };
-            if !conn.accepts_frames() {
-                continue;
-            }
-            self.metrics.slow_readers_dropped += 1;
-            warn!(
-                "{} [{key}] slow reader: {} bytes queued (limit {}); disconnecting",
-                conn.peer,
-                conn.output.queued(),
-                self.config.max_output
-            );
-            conn.output.discard_unstarted();
-            self.send_close(key, CloseCode::POLICY_VIOLATION, "slow reader");
-            self.leave_room(key);
+        if self.dropping_slow_readers {
+            return; // an outer call is already working through the list
         }
+        self.dropping_slow_readers = true;
+        while !self.pending.slow.is_empty() {
+            let found = std::mem::take(&mut self.pending.slow);
+            // Close them all first, so the notices below skip every one of them.
+            for &key in &found {
+                let Some(conn) = self.connections.get_mut(key) else {
+                    continue;
+                };
+                if conn.doomed || conn.websocket().is_none_or(|ws| ws.close_sent) {
+                    continue;
+                }
+                self.metrics.slow_readers_dropped += 1;
+                warn!(
+                    "{} [{key}] slow reader: {} bytes queued (limit {}); disconnecting",
+                    conn.peer,
+                    conn.output.queued(),
+                    self.config.max_output
+                );
+                conn.output.discard_unstarted();
+                self.send_close(key, CloseCode::POLICY_VIOLATION, "slow reader");
+            }
+            for key in found {
+                self.leave_room(key);
+            }
+        }
+        self.dropping_slow_readers = false;
     }
 
     /// Takes a chat member out of its room (once), telling the others.
@@ -900,12 +961,18 @@ impl Server {
             }
         }
         for key in expired {
-            let reason = match self.connections.get(key).map(|c| &c.phase) {
-                Some(Phase::Http) => {
-                    self.metrics.handshake_timeouts += 1;
-                    "no complete request in time"
+            let reason = match self.connections.get(key) {
+                Some(conn) if matches!(conn.phase, Phase::Http) => {
+                    if conn.requests_served > 0 && conn.input.is_empty() {
+                        "idle keep-alive connection closed"
+                    } else {
+                        self.metrics.handshake_timeouts += 1;
+                        "no complete request in time"
+                    }
                 }
-                Some(Phase::WebSocket(_)) => "no close frame from the peer in time",
+                Some(conn) if matches!(conn.phase, Phase::WebSocket(_)) => {
+                    "no close frame from the peer in time"
+                }
                 _ => "did not close in time",
             };
             self.drop_connection(key, reason);
@@ -930,12 +997,17 @@ impl Server {
         }
         ws.awaiting_pong = true;
         ws.next_ping = now + self.config.ping_interval;
-        if !conn.has_room(self.config.max_output, &mut self.metrics.bytes_out) {
+        let (socket, limit) = (&mut conn.socket, self.config.max_output);
+        if !conn
+            .output
+            .make_room(socket, limit, &mut self.metrics.bytes_out)
+        {
             return self.disconnect_slow_reader(key);
         }
         conn.output
             .push_owned(|out| frame::encode_frame(out, OpCode::Ping, b"loopchat"));
         self.metrics.pings_sent += 1;
+        self.metrics.frames_out += 1;
         self.queue_flush(key);
     }
 
@@ -944,10 +1016,7 @@ impl Server {
     /// Remembers that `key` has output to flush at the end of this iteration.
     fn queue_flush(&mut self, key: usize) {
         if let Some(conn) = self.connections.get_mut(key) {
-            if !conn.flush_queued && !conn.doomed {
-                conn.flush_queued = true;
-                self.pending.flush.push(key);
-            }
+            self.pending.queue_flush(conn, key);
         }
     }
 
@@ -967,6 +1036,11 @@ impl Server {
             match conn.output.flush(&mut conn.socket) {
                 Ok((written, flushed)) => {
                     self.metrics.bytes_out += written as u64;
+                    if written > 0 && matches!(conn.phase, Phase::Http) {
+                        // An HTTP connection's clock runs from its last progress:
+                        // a response being read is not cut off, a stalled one is.
+                        conn.deadline = Some(Instant::now() + self.config.handshake_timeout);
+                    }
                     if flushed == Flushed::All && conn.after_flush == AfterFlush::Shutdown {
                         self.start_draining(key);
                     } else if conn.read_paused && conn.output.queued() <= self.config.max_output {
@@ -1077,7 +1151,12 @@ impl Server {
                     self.send_close(key, CloseCode::GOING_AWAY, "server shutting down");
                 }
                 Phase::Http if conn.output.is_empty() => self.drop_connection(key, "shutdown"),
-                _ => {}
+                Phase::Http => {
+                    // Finish the response under way; serve no further request.
+                    conn.input = Vec::new();
+                    self.close_after_flush(key);
+                }
+                Phase::Draining => {}
             }
         }
     }
@@ -1137,16 +1216,22 @@ fn deliver(
     if !conn.accepts_frames() {
         return;
     }
-    if !conn.has_room(max_output, &mut metrics.bytes_out) {
+    if !conn
+        .output
+        .make_room(&mut conn.socket, max_output, &mut metrics.bytes_out)
+    {
+        conn.slow = true;
         pending.slow.push(key);
         return;
     }
     conn.output.push_shared(frame);
     metrics.frames_out += 1;
-    if !conn.flush_queued {
-        conn.flush_queued = true;
-        pending.flush.push(key);
-    }
+    pending.queue_flush(conn, key);
+}
+
+/// Whether `path` is one of the WebSocket endpoints.
+fn is_websocket_path(path: &str) -> bool {
+    path == "/echo" || path == "/chat" || path.starts_with("/chat/")
 }
 
 /// Errors from `accept` that concern one connection only: try the next.
