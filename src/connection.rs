@@ -147,7 +147,7 @@ impl Segment {
 /// Slots of segment queue an empty queue keeps; a larger one is freed.
 const KEEP_SEGMENTS: usize = 8;
 /// Most segments handed to one `write_vectored` call (Linux allows 1024).
-const MAX_IOVECS: usize = 64;
+const MAX_IOVECS: usize = 32;
 /// An owned buffer larger than this is freed instead of kept for reuse, so an idle
 /// connection holds little memory.
 const KEEP_SPARE_CAPACITY: usize = 16 * 1024;
@@ -240,19 +240,20 @@ impl OutputQueue {
     /// bytes written and how it ended.
     pub fn flush(&mut self, socket: &mut impl Write) -> io::Result<(usize, Flushed)> {
         let mut written_total = 0;
-        while !self.segments.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            for (i, segment) in self.segments.iter().take(MAX_IOVECS).enumerate() {
-                let bytes = segment.bytes();
-                slices[count] = IoSlice::new(if i == 0 {
-                    &bytes[self.front_written..]
-                } else {
-                    bytes
-                });
-                count += 1;
-            }
-            let written = match socket.write_vectored(&slices[..count]) {
+        while let Some(front) = self.segments.front() {
+            let result = if self.segments.len() == 1 {
+                // One segment (the usual case for echoes and replies): a plain write.
+                socket.write(&front.bytes()[self.front_written..])
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let count = self.segments.len().min(MAX_IOVECS);
+                for (i, segment) in self.segments.iter().take(count).enumerate() {
+                    let start = if i == 0 { self.front_written } else { 0 };
+                    slices[i] = IoSlice::new(&segment.bytes()[start..]);
+                }
+                socket.write_vectored(&slices[..count])
+            };
+            let written = match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

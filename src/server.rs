@@ -296,8 +296,9 @@ impl Server {
                     }
                     SIGNALS => self.read_signals(),
                     Token(key) => {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_connection(key);
+                        let peer_closing = event.is_read_closed() || event.is_error();
+                        if event.is_readable() || peer_closing {
+                            self.read_connection(key, peer_closing);
                         }
                         if event.is_writable() && self.has_output(key) {
                             self.queue_flush(key);
@@ -417,9 +418,10 @@ impl Server {
 
     // ---- Reading --------------------------------------------------------------
 
-    /// Reads from connection `key` until `WouldBlock`, its budget, or its end, and
-    /// acts on each piece as it arrives.
-    fn read_connection(&mut self, key: usize) {
+    /// Reads from connection `key` until it is drained, its budget is spent, or
+    /// it ends, and acts on each piece as it arrives. `peer_closing` says the
+    /// event reported the peer's FIN (or an error), which must be read to the end.
+    fn read_connection(&mut self, key: usize, peer_closing: bool) {
         // The shared buffer is moved out while in use so that the handlers below
         // may borrow the rest of the server.
         let mut buffer = std::mem::take(&mut self.read_buffer);
@@ -442,6 +444,15 @@ impl Server {
                 Ok(n) => {
                     self.metrics.bytes_in += n as u64;
                     self.on_bytes(key, &buffer[..n]);
+                    // A read shorter than the buffer took all the socket held. With
+                    // epoll and kqueue (mio's backends) any byte arriving after it
+                    // raises a new edge, so the read that would only say WouldBlock
+                    // is skipped (tokio makes the same choice). A FIN that came with
+                    // the data raises no new edge, hence `peer_closing`.
+                    if n < buffer.len() && !peer_closing {
+                        budget_spent = false;
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     budget_spent = false;
@@ -467,7 +478,7 @@ impl Server {
     fn read_leftovers(&mut self) {
         let keys = std::mem::take(&mut self.pending.read_more);
         for key in keys {
-            self.read_connection(key);
+            self.read_connection(key, true);
         }
     }
 

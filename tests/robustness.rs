@@ -140,6 +140,7 @@ fn shutdown_serves_no_further_request_on_a_busy_keep_alive_connection() {
         !text.contains("101 Switching Protocols"),
         "upgraded during shutdown"
     );
+    drop(busy);
     server.stop().unwrap();
 }
 
@@ -160,5 +161,6 @@ fn a_protocol_error_after_our_close_still_ends_the_connection_at_once() {
         raw.closed_by_server(),
         "the server waited for the close timeout"
     );
+    drop(raw);
     server.stop().unwrap();
 }
