@@ -109,6 +109,16 @@ pub enum Event<'a> {
     Close(Option<CloseCode>, &'a str),
 }
 
+/// What `read` found complete.
+#[derive(Debug, Clone, Copy)]
+enum Complete {
+    /// A control frame or a whole message in the receiver's buffers.
+    Buffered(OpCode),
+    /// A one-frame message still masked in the input, from `start` to the end
+    /// of what was consumed.
+    InPlace { start: usize, mask: [u8; 4] },
+}
+
 /// Where the receiver is within the current frame.
 #[derive(Debug, Clone, Copy)]
 enum FrameState {
@@ -182,12 +192,15 @@ impl Receiver {
     /// Reads from `input` until one event is complete or `input` is used up.
     ///
     /// Returns how many bytes of `input` were consumed and the event, if any. Call
-    /// again with `&input[consumed..]` until it returns `(n, None)` with `n` equal
-    /// to the input's length. After an error or a close event, nothing more is read.
-    pub fn next_event<'s>(
-        &'s mut self,
-        input: &[u8],
-    ) -> Result<(usize, Option<Event<'s>>), ProtocolError> {
+    /// again with `&mut input[consumed..]` until it returns `(n, None)` with `n`
+    /// equal to the input's length. After an error or a close event, nothing more
+    /// is read. `input` is mutable so that a message whose one frame lies whole in
+    /// it is unmasked where it lies and lent out from there, without a copy (the
+    /// common case: small messages); the bytes it consumed are left unmasked.
+    pub fn next_event<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+    ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
         self.release_delivered();
         if self.finished {
             return Ok((0, None));
@@ -197,23 +210,39 @@ impl Receiver {
             self.finished = true;
         }
         let (consumed, complete) = result?;
-        let Some(opcode) = complete else {
+        let Some(complete) = complete else {
             return Ok((consumed, None));
         };
-        self.delivered = Some(opcode);
-        let event = match opcode {
-            OpCode::Ping => Event::Ping(&self.control),
-            OpCode::Pong => Event::Pong(&self.control),
-            OpCode::Close => {
-                self.finished = true;
-                match parse_close_payload(&self.control) {
-                    Ok((code, reason)) => Event::Close(code, reason),
-                    Err(error) => return Err(error),
-                }
-            }
-            _ => {
+        let event = match complete {
+            Complete::InPlace { start, mask } => {
+                self.delivered = Some(OpCode::Text); // resets the message state
                 let kind = self.message_kind.unwrap_or(MessageKind::Binary);
-                Event::Message(kind, &self.message)
+                let payload = &mut input[start..consumed];
+                frame::apply_mask(payload, mask, 0);
+                if kind == MessageKind::Text && std::str::from_utf8(payload).is_err() {
+                    self.finished = true;
+                    return Err(ProtocolError::new(
+                        CloseCode::INVALID_PAYLOAD,
+                        "text message is not valid UTF-8",
+                    ));
+                }
+                Event::Message(kind, payload)
+            }
+            Complete::Buffered(opcode) => {
+                self.delivered = Some(opcode);
+                match opcode {
+                    OpCode::Ping => Event::Ping(&self.control),
+                    OpCode::Pong => Event::Pong(&self.control),
+                    OpCode::Close => {
+                        self.finished = true;
+                        let (code, reason) = parse_close_payload(&self.control)?;
+                        Event::Close(code, reason)
+                    }
+                    _ => {
+                        let kind = self.message_kind.unwrap_or(MessageKind::Binary);
+                        Event::Message(kind, &self.message)
+                    }
+                }
             }
         };
         Ok((consumed, Some(event)))
@@ -238,41 +267,70 @@ impl Receiver {
 
     /// The state machine: returns bytes consumed and the opcode of a frame that
     /// completed an event (a control frame, or the final fragment of a message).
-    fn read(&mut self, input: &[u8]) -> Result<(usize, Option<OpCode>), ProtocolError> {
+    fn read(&mut self, input: &[u8]) -> Result<(usize, Option<Complete>), ProtocolError> {
         let mut pos = 0;
         loop {
             match self.state {
                 FrameState::Header => {
-                    // Take header bytes one header at a time; the header buffer
-                    // never holds more than MAX_HEADER_LEN.
-                    let want = MAX_HEADER_LEN - self.header_len;
-                    let take = want.min(input.len() - pos);
-                    self.header[self.header_len..self.header_len + take]
-                        .copy_from_slice(&input[pos..pos + take]);
-                    let available = self.header_len + take;
-                    match frame::decode_header(&self.header[..available])? {
-                        None => {
-                            self.header_len = available;
-                            return Ok((input.len(), None));
+                    // Usually the whole header is in `input` and is decoded where it
+                    // lies; only a header split across reads is gathered first.
+                    let (header, used) = if self.header_len == 0 {
+                        match frame::decode_header(&input[pos..])? {
+                            Some(found) => found,
+                            None => {
+                                let rest = &input[pos..];
+                                let n = rest.len().min(MAX_HEADER_LEN);
+                                self.header[..n].copy_from_slice(&rest[..n]);
+                                self.header_len = n;
+                                return Ok((input.len(), None));
+                            }
                         }
-                        Some((header, header_len)) => {
-                            // Only the bytes that belong to this header are used.
-                            pos += header_len - self.header_len;
-                            self.header_len = 0;
-                            self.start_frame(header)?;
-                            self.state = FrameState::Payload {
-                                header,
-                                remaining: header.payload_len,
-                                offset: 0,
-                            };
+                    } else {
+                        let take = (MAX_HEADER_LEN - self.header_len).min(input.len() - pos);
+                        self.header[self.header_len..self.header_len + take]
+                            .copy_from_slice(&input[pos..pos + take]);
+                        let available = self.header_len + take;
+                        match frame::decode_header(&self.header[..available])? {
+                            None => {
+                                self.header_len = available;
+                                return Ok((input.len(), None));
+                            }
+                            // Only the new bytes that belong to this header count.
+                            Some((header, len)) => {
+                                (header, len - std::mem::take(&mut self.header_len))
+                            }
                         }
-                    }
+                    };
+                    pos += used;
+                    self.start_frame(header)?;
+                    self.state = FrameState::Payload {
+                        header,
+                        remaining: header.payload_len,
+                        offset: 0,
+                    };
                 }
                 FrameState::Payload {
                     header,
                     remaining,
                     offset,
                 } => {
+                    // A one-frame data message that lies whole in `input`: lent
+                    // out from there (see `next_event`), no copy.
+                    let whole_here = remaining <= (input.len() - pos) as u64;
+                    if offset == 0
+                        && header.fin
+                        && header.opcode != OpCode::Continuation
+                        && !header.opcode.is_control()
+                        && whole_here
+                    {
+                        self.state = FrameState::Header;
+                        let start = pos;
+                        let mask = header.mask.unwrap_or_default();
+                        return Ok((
+                            pos + remaining as usize,
+                            Some(Complete::InPlace { start, mask }),
+                        ));
+                    }
                     let take = remaining.min((input.len() - pos) as u64) as usize;
                     let chunk = &input[pos..pos + take];
                     pos += take;
@@ -288,7 +346,7 @@ impl Receiver {
                     }
                     self.state = FrameState::Header;
                     if let Some(opcode) = self.finish_frame(&header)? {
-                        return Ok((pos, Some(opcode)));
+                        return Ok((pos, Some(Complete::Buffered(opcode))));
                     }
                 }
             }
@@ -325,10 +383,6 @@ impl Receiver {
                         "message exceeds the size limit",
                     ));
                 }
-                // Reserve what this frame announces, but no more than a read's
-                // worth: a header alone must not make the server commit memory.
-                self.message
-                    .reserve(header.payload_len.min(RESERVE_AHEAD) as usize);
                 Ok(())
             }
             OpCode::Close | OpCode::Ping | OpCode::Pong => {
@@ -348,6 +402,12 @@ impl Receiver {
         let target = if header.opcode.is_control() {
             &mut self.control
         } else {
+            if offset == 0 {
+                // Reserve what this frame announces, but no more than a read's
+                // worth: a header alone must not make the server commit memory.
+                let announced = header.payload_len.min(RESERVE_AHEAD) as usize;
+                self.message.reserve(announced.max(chunk.len()));
+            }
             &mut self.message
         };
         let start = target.len();
@@ -479,9 +539,10 @@ mod tests {
     fn feed(rx: &mut Receiver, input: &[u8], piece: usize) -> Vec<Seen> {
         let mut seen = Vec::new();
         for chunk in input.chunks(piece.max(1)) {
+            let mut chunk = chunk.to_vec();
             let mut pos = 0;
             loop {
-                match rx.next_event(&chunk[pos..]) {
+                match rx.next_event(&mut chunk[pos..]) {
                     Ok((n, Some(event))) => {
                         pos += n;
                         seen.push(match event {

@@ -443,7 +443,7 @@ impl Server {
                 }
                 Ok(n) => {
                     self.metrics.bytes_in += n as u64;
-                    self.on_bytes(key, &buffer[..n]);
+                    self.on_bytes(key, &mut buffer[..n]);
                     // A read shorter than the buffer took all the socket held. With
                     // epoll and kqueue (mio's backends) any byte arriving after it
                     // raises a new edge, so the read that would only say WouldBlock
@@ -483,7 +483,7 @@ impl Server {
     }
 
     /// Dispatches freshly read bytes by phase.
-    fn on_bytes(&mut self, key: usize, bytes: &[u8]) {
+    fn on_bytes(&mut self, key: usize, bytes: &mut [u8]) {
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
@@ -689,7 +689,7 @@ impl Server {
             in_room: matches!(endpoint, Endpoint::Chat { .. }),
         });
         // Bytes that came right behind the request are the first frame bytes.
-        let leftover = std::mem::take(&mut conn.input);
+        let mut leftover = std::mem::take(&mut conn.input);
         self.metrics.upgrades += 1;
         let peer = conn.peer;
         self.queue_flush(key);
@@ -706,14 +706,14 @@ impl Server {
             }
         }
         if !leftover.is_empty() {
-            self.on_websocket_bytes(key, &leftover);
+            self.on_websocket_bytes(key, &mut leftover);
         }
     }
 
     // ---- WebSocket ---------------------------------------------------------------
 
     /// Feeds frame bytes to the connection's receiver and acts on each event.
-    fn on_websocket_bytes(&mut self, key: usize, bytes: &[u8]) {
+    fn on_websocket_bytes(&mut self, key: usize, bytes: &mut [u8]) {
         let mut pos = 0;
         loop {
             let Some(conn) = self.connections.get_mut(key).filter(|c| !c.doomed) else {
@@ -723,7 +723,7 @@ impl Server {
             let Phase::WebSocket(ws) = &mut conn.phase else {
                 return;
             };
-            let (consumed, event) = match ws.receiver.next_event(&bytes[pos..]) {
+            let (consumed, event) = match ws.receiver.next_event(&mut bytes[pos..]) {
                 Ok(result) => result,
                 Err(error) => return self.fail_websocket(key, error),
             };
