@@ -87,8 +87,9 @@ pub struct FrameHeader {
     /// FIN: this frame ends its message.
     pub fin: bool,
     pub opcode: OpCode,
-    /// The 4-byte masking key, present on every client-to-server frame.
-    pub mask: Option<[u8; 4]>,
+    /// The 4-byte masking key. Every client-to-server frame has one (§5.1);
+    /// an unmasked frame is an error, so this is never absent.
+    pub mask: [u8; 4],
     pub payload_len: u64,
 }
 
@@ -204,7 +205,7 @@ pub fn decode_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, FrameEr
     let header = FrameHeader {
         fin,
         opcode,
-        mask: Some(mask),
+        mask,
         payload_len,
     };
     Ok(Some((header, len_end + 4)))
@@ -273,7 +274,7 @@ mod tests {
         FrameHeader {
             fin,
             opcode,
-            mask: Some(mask),
+            mask,
             payload_len: len,
         }
     }
@@ -290,7 +291,7 @@ mod tests {
         assert_eq!(h, header(true, OpCode::Text, [0x37, 0xfa, 0x21, 0x3d], 5));
         assert_eq!(n, 6);
         let mut payload = bytes[n..].to_vec();
-        apply_mask(&mut payload, h.mask.unwrap(), 0);
+        apply_mask(&mut payload, h.mask, 0);
         assert_eq!(payload, b"Hello");
     }
 
@@ -325,7 +326,7 @@ mod tests {
         let (h, n) = decode_header(&pong).unwrap().unwrap();
         assert_eq!(h.opcode, OpCode::Pong);
         let mut payload = pong[n..].to_vec();
-        apply_mask(&mut payload, h.mask.unwrap(), 0);
+        apply_mask(&mut payload, h.mask, 0);
         assert_eq!(payload, b"Hello");
     }
 

@@ -303,6 +303,17 @@ impl Receiver {
                     };
                     pos += used;
                     self.start_frame(header)?;
+                    // A one-frame data message that lies whole in `input` is lent
+                    // out from there (see `next_event`): no copy.
+                    let whole_here = header.payload_len <= (input.len() - pos) as u64;
+                    if whole_here
+                        && header.fin
+                        && matches!(header.opcode, OpCode::Text | OpCode::Binary)
+                    {
+                        let end = pos + header.payload_len as usize;
+                        let (start, mask) = (pos, header.mask);
+                        return Ok((end, Some(Complete::InPlace { start, mask })));
+                    }
                     self.state = FrameState::Payload {
                         header,
                         remaining: header.payload_len,
@@ -314,23 +325,6 @@ impl Receiver {
                     remaining,
                     offset,
                 } => {
-                    // A one-frame data message that lies whole in `input`: lent
-                    // out from there (see `next_event`), no copy.
-                    let whole_here = remaining <= (input.len() - pos) as u64;
-                    if offset == 0
-                        && header.fin
-                        && header.opcode != OpCode::Continuation
-                        && !header.opcode.is_control()
-                        && whole_here
-                    {
-                        self.state = FrameState::Header;
-                        let start = pos;
-                        let mask = header.mask.unwrap_or_default();
-                        return Ok((
-                            pos + remaining as usize,
-                            Some(Complete::InPlace { start, mask }),
-                        ));
-                    }
                     let take = remaining.min((input.len() - pos) as u64) as usize;
                     let chunk = &input[pos..pos + take];
                     pos += take;
@@ -412,9 +406,7 @@ impl Receiver {
         };
         let start = target.len();
         target.extend_from_slice(chunk);
-        if let Some(mask) = header.mask {
-            frame::apply_mask(&mut target[start..], mask, offset);
-        }
+        frame::apply_mask(&mut target[start..], header.mask, offset);
         if !header.opcode.is_control() && self.message_kind == Some(MessageKind::Text) {
             self.check_utf8(false)?;
         }
