@@ -29,8 +29,9 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// `--max-headers`: the most header fields in one request (431).
     pub max_headers: usize,
-    /// `--handshake-timeout`: from accept (or the last response on a keep-alive
-    /// connection) to a complete request head; slower connections are closed.
+    /// `--handshake-timeout`: time allowed from accept to a complete request
+    /// head; on a keep-alive connection, time allowed without progress (a
+    /// response being read, or the next request). Slower connections are closed.
     pub handshake_timeout: Duration,
     /// `--close-timeout`: how long the server waits for the peer's side of a
     /// closing handshake (and for the peer to close TCP) before dropping it.
@@ -95,7 +96,8 @@ OPTIONS:
                               slow reader with close 1008 [default: 1MiB]
     --max-header-bytes SIZE   largest request head; larger gets 431 [default: 8KiB]
     --max-headers N           most header fields in a request; more gets 431 [default: 64]
-    --handshake-timeout DUR   time allowed for a complete request [default: 10s]
+    --handshake-timeout DUR   time allowed for a complete request, and for an idle
+                              or stalled keep-alive connection [default: 10s]
     --close-timeout DUR       time allowed for the peer's side of a close [default: 5s]
     --max-connections N       open connections before new ones get 503
                               [default: the open-files limit less 64]

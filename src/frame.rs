@@ -214,18 +214,36 @@ pub fn decode_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, FrameEr
 /// Appends the header of an unmasked server frame (§5.2) to `out`, using the
 /// shortest length encoding.
 pub fn encode_header(out: &mut Vec<u8>, fin: bool, opcode: OpCode, payload_len: usize) {
-    let byte0 = if fin { FIN_BIT } else { 0 } | opcode.bits();
+    out.push(if fin { FIN_BIT } else { 0 } | opcode.bits());
+    push_length(out, 0, payload_len);
+}
+
+/// Appends the second header byte (with `mask_bit`) and any extended length.
+fn push_length(out: &mut Vec<u8>, mask_bit: u8, payload_len: usize) {
     match payload_len {
-        0..=125 => out.extend_from_slice(&[byte0, payload_len as u8]),
+        0..=125 => out.push(mask_bit | payload_len as u8),
         126..=0xFFFF => {
-            out.extend_from_slice(&[byte0, LEN7_MARKER_16]);
+            out.push(mask_bit | LEN7_MARKER_16);
             out.extend_from_slice(&(payload_len as u16).to_be_bytes());
         }
         _ => {
-            out.extend_from_slice(&[byte0, LEN7_MARKER_64]);
+            out.push(mask_bit | LEN7_MARKER_64);
             out.extend_from_slice(&(payload_len as u64).to_be_bytes());
         }
     }
+}
+
+/// Appends a masked frame as a client sends it (§5.3). `first_byte` holds the
+/// FIN, RSV and opcode bits exactly as they go on the wire, so that tests and
+/// load generators can also build the frames a server must refuse.
+pub fn encode_client_frame(out: &mut Vec<u8>, first_byte: u8, mask: [u8; 4], payload: &[u8]) {
+    out.reserve(payload.len() + MAX_HEADER_LEN);
+    out.push(first_byte);
+    push_length(out, MASK_BIT, payload.len());
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    apply_mask(&mut out[start..], mask, 0);
 }
 
 /// Appends a whole unmasked, unfragmented server frame to `out`.
@@ -293,6 +311,16 @@ mod tests {
         let mut payload = bytes[n..].to_vec();
         apply_mask(&mut payload, h.mask, 0);
         assert_eq!(payload, b"Hello");
+    }
+
+    #[test]
+    fn rfc_5_7_masked_hello_encodes_as_a_client_would() {
+        let mut out = Vec::new();
+        encode_client_frame(&mut out, 0x81, [0x37, 0xfa, 0x21, 0x3d], b"Hello");
+        assert_eq!(
+            out,
+            [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]
+        );
     }
 
     #[test]

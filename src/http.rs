@@ -28,7 +28,6 @@ pub enum Status {
     MethodNotAllowed,
     UpgradeRequired,
     HeaderFieldsTooLarge,
-    InternalServerError,
     ServiceUnavailable,
 }
 
@@ -43,7 +42,6 @@ impl Status {
             Status::MethodNotAllowed => 405,
             Status::UpgradeRequired => 426,
             Status::HeaderFieldsTooLarge => 431,
-            Status::InternalServerError => 500,
             Status::ServiceUnavailable => 503,
         }
     }
@@ -58,7 +56,6 @@ impl Status {
             Status::MethodNotAllowed => "Method Not Allowed",
             Status::UpgradeRequired => "Upgrade Required",
             Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
-            Status::InternalServerError => "Internal Server Error",
             Status::ServiceUnavailable => "Service Unavailable",
         }
     }

@@ -497,23 +497,8 @@ mod tests {
     /// A masked client frame, as a browser would send it.
     fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        let byte0 = if fin { 0x80 } else { 0 } | opcode;
-        out.push(byte0);
-        match payload.len() {
-            n @ 0..=125 => out.push(0x80 | n as u8),
-            n @ 126..=0xffff => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&MASK);
-        let mut body = payload.to_vec();
-        frame::apply_mask(&mut body, MASK, 0);
-        out.extend_from_slice(&body);
+        let first_byte = if fin { 0x80 } else { 0 } | opcode;
+        frame::encode_client_frame(&mut out, first_byte, MASK, payload);
         out
     }
 

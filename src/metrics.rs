@@ -20,7 +20,8 @@ pub struct Metrics {
     pub upgrades: u64,
     pub messages_in: u64,
     pub bytes_in: u64,
-    /// Frames queued to peers (a broadcast to 100 members counts 100).
+    /// Frames queued to peers, control frames included (a broadcast to 100
+    /// members counts 100).
     pub frames_out: u64,
     pub bytes_out: u64,
     pub broadcasts: u64,
@@ -31,7 +32,8 @@ pub struct Metrics {
     pub pings_sent: u64,
     /// Close frames the server sent, by code.
     pub closes_sent: BTreeMap<u16, u64>,
-    /// Close frames the server received, by code (1005: none given).
+    /// Close frames the server received, by code (1005: none given; 1006: the
+    /// peer closed TCP without one).
     pub closes_received: BTreeMap<u16, u64>,
     /// Requests refused, by HTTP status.
     pub http_errors: BTreeMap<u16, u64>,

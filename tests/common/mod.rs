@@ -62,21 +62,9 @@ impl Frame {
 
 /// A masked client frame with any header bits the test wants.
 pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x5a, 0xc3, 0x0f, 0x96];
-    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut out = Vec::new();
+    let first_byte = if fin { 0x80 } else { 0 } | opcode;
+    loopchat::frame::encode_client_frame(&mut out, first_byte, [0x5a, 0xc3, 0x0f, 0x96], payload);
     out
 }
 
