@@ -213,12 +213,14 @@ pub fn decode_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, FrameEr
 
 /// Appends the header of an unmasked server frame (§5.2) to `out`, using the
 /// shortest length encoding.
+#[inline]
 pub fn encode_header(out: &mut Vec<u8>, fin: bool, opcode: OpCode, payload_len: usize) {
     out.push(if fin { FIN_BIT } else { 0 } | opcode.bits());
     push_length(out, 0, payload_len);
 }
 
 /// Appends the second header byte (with `mask_bit`) and any extended length.
+#[inline]
 fn push_length(out: &mut Vec<u8>, mask_bit: u8, payload_len: usize) {
     match payload_len {
         0..=125 => out.push(mask_bit | payload_len as u8),
