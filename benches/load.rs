@@ -431,6 +431,8 @@ fn decode_payload(p: &[u8], run: u16, size: usize, pat: &[u8]) -> Dec {
 // ---------------------------------------------------------------------------------------
 // Client-side framing
 // ---------------------------------------------------------------------------------------
+// Written apart from `loopchat::frame` on purpose: the client checks the server's
+// frames, and a check that shared the server's code would share its bugs.
 
 const OP_CONT: u8 = 0;
 const OP_TEXT: u8 = 1;

@@ -148,6 +148,13 @@ impl Pending {
             self.flush.push(key);
         }
     }
+
+    /// Marks connection `key` as past its output limit: it gets nothing more, and
+    /// `drop_slow_readers` closes it.
+    fn mark_slow(&mut self, conn: &mut Connection, key: usize) {
+        conn.slow = true;
+        self.slow.push(key);
+    }
 }
 
 /// The chat server: all state, owned by the loop.
@@ -859,8 +866,7 @@ impl Server {
     /// A reply for `key` found its queue past the output limit.
     fn disconnect_slow_reader(&mut self, key: usize) {
         if let Some(conn) = self.connections.get_mut(key) {
-            conn.slow = true;
-            self.pending.slow.push(key);
+            self.pending.mark_slow(conn, key);
             self.drop_slow_readers();
         }
     }
@@ -1231,8 +1237,7 @@ fn deliver(
         .output
         .make_room(&mut conn.socket, max_output, &mut metrics.bytes_out)
     {
-        conn.slow = true;
-        pending.slow.push(key);
+        pending.mark_slow(conn, key);
         return;
     }
     conn.output.push_shared(frame);

@@ -28,23 +28,6 @@ const IN_FLIGHT: usize = 256;
 /// Descriptors kept free in this process besides one per client.
 const SPARE_FDS: u64 = 128;
 
-/// A server frame found at the start of a buffer: opcode, payload range, length.
-fn next_frame(buf: &[u8]) -> Option<(u8, std::ops::Range<usize>, usize)> {
-    if buf.len() < 2 {
-        return None;
-    }
-    let (len, start) = match buf[1] & 0x7f {
-        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
-        127 => {
-            let mut be = [0u8; 8];
-            be.copy_from_slice(buf.get(2..10)?);
-            (u64::from_be_bytes(be) as usize, 10)
-        }
-        n => (n as usize, 2),
-    };
-    (buf.len() >= start + len).then(|| (buf[0] & 0x0f, start..start + len, start + len))
-}
-
 #[derive(Debug, PartialEq, Eq)]
 enum State {
     /// Waiting for the TCP connection, then the 101.
@@ -209,7 +192,7 @@ impl Soak {
         let client = &mut self.clients[i];
         let mut pos = 0;
         let mut error = None;
-        while let Some((opcode, payload, len)) = next_frame(&client.input[pos..]) {
+        while let Some((opcode, payload, len)) = server_frame_bounds(&client.input[pos..]) {
             let payload = &client.input[pos..][payload];
             match opcode {
                 op::TEXT => {

@@ -223,10 +223,22 @@ pub fn upgrade_request(path: &str, extra: &str) -> String {
 
 /// Parses one unmasked server frame at the start of `buf`.
 pub fn parse_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
+    let (opcode, payload, len) = server_frame_bounds(buf)?;
+    assert_eq!(buf[1] & 0x80, 0, "server frames must not be masked");
+    let frame = Frame {
+        fin: buf[0] & 0x80 != 0,
+        opcode,
+        payload: buf[payload].to_vec(),
+    };
+    Some((frame, len))
+}
+
+/// Where the frame at the start of `buf` lies, once it is all there: its opcode,
+/// the range of its payload, and its whole length (header included).
+pub fn server_frame_bounds(buf: &[u8]) -> Option<(u8, std::ops::Range<usize>, usize)> {
     if buf.len() < 2 {
         return None;
     }
-    assert_eq!(buf[1] & 0x80, 0, "server frames must not be masked");
     let (len, start) = match buf[1] & 0x7f {
         126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
         127 => {
@@ -236,13 +248,7 @@ pub fn parse_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
         }
         n => (n as usize, 2),
     };
-    let payload = buf.get(start..start + len)?.to_vec();
-    let frame = Frame {
-        fin: buf[0] & 0x80 != 0,
-        opcode: buf[0] & 0x0f,
-        payload,
-    };
-    Some((frame, start + len))
+    (buf.len() >= start + len).then(|| (buf[0] & 0x0f, start..start + len, start + len))
 }
 
 /// The value of header `name` in a response head (case-insensitive).
