@@ -157,6 +157,7 @@ fn main() {
         raise_nofile_limit();
         match kind.as_str() {
             "raw-echo" => serve_raw_echo(port),
+            "raw-fanout" => serve_raw_fanout(port),
             "tokio" => serve_tokio(port, read_buffer),
             k => panic!("unknown server kind {k}"),
         }
@@ -1209,17 +1210,22 @@ impl Client {
                     self.errs.note("binary frame on /chat".into());
                     return;
                 }
-                let ty = json_str_field(p, b"type", 0);
-                if ty != Some(b"message".as_slice()) {
-                    if ty == Some(b"welcome".as_slice()) {
-                        self.conns[ci].welcomed = true;
+                let text = if self.target.proto == Proto::Raw {
+                    &*p // a raw fan-out relays our own frames: the payload is the text
+                } else {
+                    let ty = json_str_field(p, b"type", 0);
+                    if ty != Some(b"message".as_slice()) {
+                        if ty == Some(b"welcome".as_slice()) {
+                            self.conns[ci].welcomed = true;
+                        }
+                        return; // welcome, join, leave, ...
                     }
-                    return; // welcome, join, leave, ...
-                }
-                let Some(text) = json_str_field(p, b"text", self.size) else {
-                    self.errs.proto += 1;
-                    self.errs.note("message without text".into());
-                    return;
+                    let Some(text) = json_str_field(p, b"text", self.size) else {
+                        self.errs.proto += 1;
+                        self.errs.note("message without text".into());
+                        return;
+                    };
+                    text
                 };
                 match decode_payload(text, self.run, self.size, &self.pat) {
                     Dec::Ok { conn, seq, ts } => {
@@ -1392,6 +1398,7 @@ impl Drop for Client {
 enum Kind {
     Loopchat,
     Raw,
+    RawFanout,
     Tokio,
     External,
 }
@@ -1401,6 +1408,7 @@ impl Kind {
         match self {
             Kind::Loopchat => "loopchat",
             Kind::Raw => "raw-tcp-echo",
+            Kind::RawFanout => "raw-tcp-fanout",
             Kind::Tokio => "tokio-tungstenite",
             Kind::External => "target",
         }
@@ -1447,6 +1455,10 @@ fn spawn_server(kind: Kind, opts: &Opts, pin: bool) -> Result<Server, String> {
             me,
             vec!["--serve".into(), "raw-echo".into(), port.to_string()],
         ),
+        Kind::RawFanout => (
+            me,
+            vec!["--serve".into(), "raw-fanout".into(), port.to_string()],
+        ),
         Kind::Tokio => {
             let mut a = vec!["--serve".into(), "tokio".into(), port.to_string()];
             if let Some(n) = opts.tokio_read_buffer {
@@ -1482,7 +1494,7 @@ fn spawn_server(kind: Kind, opts: &Opts, pin: bool) -> Result<Server, String> {
             addr,
             host: format!("127.0.0.1:{port}"),
             path: "/".into(),
-            proto: if kind == Kind::Raw {
+            proto: if matches!(kind, Kind::Raw | Kind::RawFanout) {
                 Proto::Raw
             } else {
                 Proto::Ws
@@ -1748,7 +1760,8 @@ fn run_round(spec: &Spec, srv: &Server, opts: &Opts, t0: Instant) -> Result<Roun
         ));
     }
     if let Mode::Chat { .. } = mode {
-        if !cl.wait_quiet(!external, Duration::from_secs(20)) {
+        let need_welcome = !external && cl.target.proto == Proto::Ws;
+        if !cl.wait_quiet(need_welcome, Duration::from_secs(20)) {
             return Err(
                 "chat setup: not every member got its welcome / traffic did not calm down".into(),
             );
@@ -2031,7 +2044,9 @@ fn run_all(opts: Opts) -> bool {
                 WKind::Echo | WKind::MemEcho | WKind::MemIdle => {
                     vec![Kind::Loopchat, Kind::Raw, Kind::Tokio]
                 }
-                WKind::Chat | WKind::Latency => vec![Kind::Loopchat, Kind::Tokio],
+                WKind::Chat | WKind::Latency => {
+                    vec![Kind::Loopchat, Kind::RawFanout, Kind::Tokio]
+                }
             }
         };
         let rounds = match spec.kind {
@@ -2281,6 +2296,12 @@ fn run_all(opts: Opts) -> bool {
                 }
             }
             WKind::Chat if ext_target.is_none() => {
+                if let Some(r) = ratio(Kind::RawFanout) {
+                    println!(
+                        "   (loopchat / raw TCP fan-out deliveries per server-CPU-s: {r:.3}x; \
+                         no target, the fan-out is the limit)"
+                    );
+                }
                 if let Some(r) = ratio(Kind::Tokio) {
                     check(
                         format!(
@@ -2305,6 +2326,12 @@ fn run_all(opts: Opts) -> bool {
                         fmt_us(a.p99_us),
                         "< 5 ms".into(),
                         Some(a.p99_us < 5000.0),
+                    );
+                }
+                if let Some(a) = aggs.get(&Kind::RawFanout).filter(|a| a.rounds > 0) {
+                    println!(
+                        "   (raw TCP fan-out, the limit of one loop on this machine: p99 {})",
+                        fmt_us(a.p99_us)
                     );
                 }
                 if let Some(r) = ratio(Kind::Tokio) {
@@ -2510,6 +2537,169 @@ fn raw_flush(c: &mut RawConn) -> io::Result<()> {
     }
     c.out.drain(..off);
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Comparison server 1b: raw TCP fan-out on one mio loop (framing only to find boundaries)
+// ---------------------------------------------------------------------------------------
+//
+// The physical limit for broadcast: every connection is in one group, and each client
+// frame read from any connection is relayed, byte for byte (still masked), to every
+// connection, sender included. The server looks at frame headers only to cut the
+// stream at frame boundaries (so frames from two senders never interleave); it does not
+// unmask, validate UTF-8, wrap the text in JSON or keep history. Like loopchat, it
+// gathers everything read in one loop iteration into one shared batch and writes it to
+// each connection once at the end of the iteration.
+
+struct FanoutConn {
+    sock: TcpStream,
+    partial: Vec<u8>, // the start of a frame not yet read whole
+    out: Vec<u8>,     // what the socket did not take yet
+    dirty: bool,
+}
+
+/// Bytes of complete frames at the start of `b` (masked client frames).
+fn whole_frames_len(b: &[u8]) -> usize {
+    let mut pos = 0;
+    while let Some((hl, _, _, _, len)) = parse_header(&b[pos..]) {
+        let end = pos + hl + len as usize;
+        if end > b.len() {
+            break;
+        }
+        pos = end;
+    }
+    pos
+}
+
+fn serve_raw_fanout(port: u16) {
+    const LISTENER: Token = Token(usize::MAX);
+    const MAX_OUT: usize = 64 << 20; // a reader this far behind is dropped
+    let mut poll = Poll::new().expect("poll");
+    let mut listener = TcpListener::bind(([127, 0, 0, 1], port).into()).expect("bind");
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)
+        .expect("register");
+    let mut conns: slab::Slab<FanoutConn> = slab::Slab::new();
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut batch: Vec<u8> = Vec::new();
+    let mut closed: Vec<usize> = Vec::new();
+    loop {
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            panic!("poll: {e}");
+        }
+        for ev in events.iter() {
+            if ev.token() == LISTENER {
+                loop {
+                    match listener.accept() {
+                        Ok((mut s, _)) => {
+                            let _ = s.set_nodelay(true);
+                            let e = conns.vacant_entry();
+                            if poll
+                                .registry()
+                                .register(
+                                    &mut s,
+                                    Token(e.key()),
+                                    Interest::READABLE | Interest::WRITABLE,
+                                )
+                                .is_ok()
+                            {
+                                e.insert(FanoutConn {
+                                    sock: s,
+                                    partial: Vec::new(),
+                                    out: Vec::new(),
+                                    dirty: false,
+                                });
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                continue;
+            }
+            let key = ev.token().0;
+            let Some(c) = conns.get_mut(key) else {
+                continue;
+            };
+            if ev.is_error() {
+                closed.push(key);
+                continue;
+            }
+            if ev.is_writable() && !c.out.is_empty() {
+                c.dirty = true;
+            }
+            if ev.is_readable() || ev.is_read_closed() {
+                loop {
+                    match c.sock.read(&mut buf) {
+                        Ok(0) => {
+                            closed.push(key);
+                            break;
+                        }
+                        Ok(n) => {
+                            c.partial.extend_from_slice(&buf[..n]);
+                            let whole = whole_frames_len(&c.partial);
+                            batch.extend_from_slice(&c.partial[..whole]);
+                            c.partial.drain(..whole);
+                            if n < buf.len() {
+                                break;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            closed.push(key);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        // One write per connection for everything read in this iteration.
+        for (key, c) in conns.iter_mut() {
+            if batch.is_empty() && !c.dirty {
+                continue;
+            }
+            c.dirty = false;
+            let failed = if c.out.is_empty() {
+                write_some(&mut c.sock, &batch).map(|w| c.out.extend_from_slice(&batch[w..]))
+            } else {
+                c.out.extend_from_slice(&batch);
+                write_some(&mut c.sock, &c.out).map(|w| {
+                    c.out.drain(..w);
+                })
+            }
+            .is_err();
+            if failed || c.out.len() > MAX_OUT {
+                closed.push(key);
+            }
+        }
+        batch.clear();
+        for key in closed.drain(..) {
+            if let Some(mut c) = conns.try_remove(key) {
+                let _ = poll.registry().deregister(&mut c.sock);
+            }
+        }
+    }
+}
+
+/// Writes as much of `b` as the socket takes; returns how much that was.
+fn write_some(sock: &mut TcpStream, b: &[u8]) -> io::Result<usize> {
+    let mut off = 0;
+    while off < b.len() {
+        match sock.write(&b[off..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(off)
 }
 
 // ---------------------------------------------------------------------------------------
