@@ -235,6 +235,34 @@ fn utf8_and_receiver(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // the /echo path of one read at 16 messages in flight: 16 ASCII text frames of
+    // 32 B, copied in as the socket read does, decoded, and each encoded into the
+    // reused output buffer as the server's reply
+    let ascii: Vec<u8> = (0..32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut read = Vec::new();
+    for _ in 0..16 {
+        read.extend_from_slice(&client_frame(0x1, &ascii));
+    }
+    let mut out = Vec::with_capacity(4096);
+    g.throughput(Throughput::Elements(16));
+    g.bench_function("16x32B_ascii_echo", |b| {
+        b.iter(|| {
+            out.clear();
+            READ_BUFFER.with_borrow_mut(|buffer| {
+                buffer.clear();
+                buffer.extend_from_slice(black_box(&read));
+                let mut pos = 0;
+                while pos < buffer.len() {
+                    let (used, ev) = rx.next_event(&mut buffer[pos..]).expect("valid input");
+                    pos += used;
+                    if let Some(Event::Message(kind, payload)) = ev {
+                        loopchat::frame::encode_frame(&mut out, kind.opcode(), payload);
+                    }
+                }
+            });
+            out.len()
+        })
+    });
     g.finish();
 }
 

@@ -56,9 +56,10 @@ usage: cargo bench --bench load -- [options] [FILTER...]
   --loopchat-arg ARG   extra argument for loopchat (repeatable)
   --url ws://H:P/PATH  measure this server instead (echo workloads, or chat workloads
                        when PATH starts with /chat); no ratios. tcp://H:P targets a
-                       raw TCP echo server (e.g. `load --serve raw-echo PORT`)
+                       raw TCP echo server (e.g. `load --serve raw-echo PORT`), and
+                       tcp://H:P/chat a raw fan-out (`load --serve raw-fanout PORT`)
   --server-pid PID     with --url: read that process's CPU time and memory
-  --serve raw-echo|tokio PORT   (internal) run a comparison server
+  --serve raw-echo|raw-fanout|tokio PORT   (internal) run a comparison server
 ";
 
 #[derive(Clone)]
@@ -1941,7 +1942,8 @@ struct Check {
 }
 
 fn parse_url(u: &str) -> Result<Target, String> {
-    // tcp://host:port speaks the raw echo protocol (same bytes, no handshake)
+    // tcp://host:port speaks the raw echo protocol (same bytes, no handshake), and
+    // tcp://host:port/chat the raw fan-out one
     let (rest, proto) = match (u.strip_prefix("ws://"), u.strip_prefix("tcp://")) {
         (Some(r), _) => (r, Proto::Ws),
         (_, Some(r)) => (r, Proto::Raw),
