@@ -119,8 +119,8 @@ pub fn spawn(config: Config) -> io::Result<RunningServer> {
 
 /// What a WebSocket event leaves to do once the connection is released.
 enum Next {
-    Nothing,
-    Flush,
+    /// The input is used up.
+    Done,
     SlowReader,
     Broadcast(Rc<str>, SharedFrame),
     Fail(ProtocolError),
@@ -730,77 +730,75 @@ impl Server {
             let Phase::WebSocket(ws) = &mut conn.phase else {
                 return;
             };
-            let (consumed, event) = match ws.receiver.next_event(&mut bytes[pos..]) {
-                Ok(result) => result,
-                Err(error) => return self.fail_websocket(key, error),
-            };
-            pos += consumed;
-            let Some(event) = event else {
-                return;
-            };
-            // The event borrows the connection: act on it there, and say what is
-            // left to do once the borrow ends.
             let limit = self.config.max_output;
-            let bytes_out = &mut self.metrics.bytes_out;
-            let next = match event {
-                Event::Message(..) if !accepts_frames => {
-                    // We already said goodbye (§5.5.1: after a close frame, send
-                    // no more data): the message is dropped.
-                    Next::Nothing
-                }
-                Event::Message(kind, payload) => {
-                    self.metrics.messages_in += 1;
-                    match &ws.endpoint {
-                        Endpoint::Echo => {
-                            if conn.output.make_room(&mut conn.socket, limit, bytes_out) {
-                                conn.output.push_owned(|out| {
-                                    frame::encode_frame(out, kind.opcode(), payload)
-                                });
-                                Next::Flush
-                            } else {
-                                Next::SlowReader
+            let metrics = &mut self.metrics;
+            let mut replied = false;
+            // Events that concern only this connection (echoes, pings, pongs) are
+            // handled here, many per read; the others need the whole server and end
+            // the inner loop, saying what is left to do.
+            let next = loop {
+                let (consumed, event) = match ws.receiver.next_event(&mut bytes[pos..]) {
+                    Ok(result) => result,
+                    Err(error) => break Next::Fail(error),
+                };
+                pos += consumed;
+                let Some(event) = event else {
+                    break Next::Done;
+                };
+                let reply = match event {
+                    // After our close frame, send no more data (§5.5.1): messages
+                    // and pings are dropped.
+                    Event::Message(..) | Event::Ping(_) if !accepts_frames => continue,
+                    Event::Message(kind, payload) => {
+                        metrics.messages_in += 1;
+                        match &ws.endpoint {
+                            Endpoint::Echo => (kind.opcode(), payload),
+                            Endpoint::Chat { room, member } => {
+                                break match std::str::from_utf8(payload) {
+                                    Ok(text) if kind == MessageKind::Text => Next::Broadcast(
+                                        Rc::clone(room),
+                                        chat::message_frame(room, member, text, unix_millis()),
+                                    ),
+                                    _ => Next::Fail(ProtocolError {
+                                        code: CloseCode::UNSUPPORTED_DATA,
+                                        reason: "the chat takes text messages only",
+                                    }),
+                                };
                             }
                         }
-                        Endpoint::Chat { room, member } => match std::str::from_utf8(payload) {
-                            Ok(text) if kind == MessageKind::Text => Next::Broadcast(
-                                Rc::clone(room),
-                                chat::message_frame(room, member, text, unix_millis()),
-                            ),
-                            _ => Next::Fail(ProtocolError {
-                                code: CloseCode::UNSUPPORTED_DATA,
-                                reason: "the chat takes text messages only",
-                            }),
-                        },
                     }
-                }
-                Event::Ping(_) if !accepts_frames => Next::Nothing,
-                Event::Ping(payload) => {
-                    if conn.output.make_room(&mut conn.socket, limit, bytes_out) {
-                        conn.output
-                            .push_owned(|out| frame::encode_frame(out, OpCode::Pong, payload));
-                        Next::Flush
-                    } else {
-                        Next::SlowReader
+                    Event::Ping(payload) => (OpCode::Pong, payload),
+                    Event::Pong(_) => {
+                        ws.awaiting_pong = false;
+                        continue;
                     }
-                }
-                Event::Pong(_) => {
-                    ws.awaiting_pong = false;
-                    Next::Nothing
-                }
-                Event::Close(code, reason) => {
-                    match code {
-                        Some(code) => info!("{} [{key}] sent close {code} {reason:?}", conn.peer),
-                        None => info!("{} [{key}] sent close without a code", conn.peer),
+                    Event::Close(code, reason) => {
+                        match code {
+                            Some(code) => {
+                                info!("{} [{key}] sent close {code} {reason:?}", conn.peer)
+                            }
+                            None => info!("{} [{key}] sent close without a code", conn.peer),
+                        }
+                        break Next::CloseReceived(code);
                     }
-                    Next::CloseReceived(code)
+                };
+                let (opcode, payload) = reply;
+                if !conn
+                    .output
+                    .make_room(&mut conn.socket, limit, &mut metrics.bytes_out)
+                {
+                    break Next::SlowReader;
                 }
+                conn.output
+                    .push_owned(|out| frame::encode_frame(out, opcode, payload));
+                metrics.frames_out += 1;
+                replied = true;
             };
+            if replied {
+                self.pending.queue_flush(conn, key);
+            }
             match next {
-                Next::Nothing => {}
-                Next::Flush => {
-                    self.metrics.frames_out += 1;
-                    self.queue_flush(key);
-                }
+                Next::Done => return,
                 Next::SlowReader => self.disconnect_slow_reader(key),
                 Next::Broadcast(room, frame) => self.broadcast(&room, frame),
                 Next::Fail(error) => return self.fail_websocket(key, error),
