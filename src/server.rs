@@ -745,7 +745,7 @@ impl Server {
                 let Some(event) = event else {
                     break Next::Done;
                 };
-                let reply = match event {
+                let (opcode, payload) = match event {
                     // After our close frame, send no more data (§5.5.1): messages
                     // and pings are dropped.
                     Event::Message(..) | Event::Ping(_) if !accepts_frames => continue,
@@ -782,7 +782,6 @@ impl Server {
                         break Next::CloseReceived(code);
                     }
                 };
-                let (opcode, payload) = reply;
                 if !conn
                     .output
                     .make_room(&mut conn.socket, limit, &mut metrics.bytes_out)
