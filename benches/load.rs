@@ -255,6 +255,21 @@ fn cpu_ns(pid: u32) -> Option<u64> {
 
 /// Time the process's threads spent runnable but waiting for a CPU (ns): the second
 /// field of schedstat. Non-zero means something else ran on "our" core (noise).
+/// The machine's (steal, total) CPU time in clock ticks, from the first line of
+/// /proc/stat. Steal is time the hypervisor gave this VM's CPUs to someone else:
+/// noise that no process's run-queue wait shows.
+fn steal_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    Some((*fields.get(7)?, fields.iter().take(8).sum()))
+}
+
 fn wait_ns(pid: u32) -> Option<u64> {
     let rd = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     let mut sum = 0u64;
@@ -1668,6 +1683,7 @@ struct RoundRes {
     cli_cpu: f64,  // client CPU / wall
     srv_wait: f64, // server runnable-but-waiting / wall
     cli_wait: f64, // client runnable-but-waiting / wall
+    steal: f64,    // the machine's CPU time stolen by the hypervisor / its CPU time
     p50_us: f64,
     p99_us: f64,
     mem_kb: f64, // MemEcho: VmHWM; MemIdle: bytes per connection
@@ -1772,6 +1788,7 @@ fn run_round(spec: &Spec, srv: &Server, opts: &Opts, t0: Instant) -> Result<Roun
     cl.pump_for(Duration::from_millis(300)); // warm-up
     let me = std::process::id();
     let (q0, r0) = (pid.and_then(wait_ns), wait_ns(me));
+    let steal0 = steal_ticks();
     let (s0, c0, w0) = (pid.and_then(cpu_ns), cpu_ns(me), Instant::now());
     cl.measuring = true;
     cl.delivered = 0;
@@ -1780,6 +1797,10 @@ fn run_round(spec: &Spec, srv: &Server, opts: &Opts, t0: Instant) -> Result<Roun
     cl.measuring = false;
     let (s1, c1, wall) = (pid.and_then(cpu_ns), cpu_ns(me), w0.elapsed().as_secs_f64());
     let (q1, r1) = (pid.and_then(wait_ns), wait_ns(me));
+    res.steal = match (steal0, steal_ticks()) {
+        (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => (s1 - s0) as f64 / (t1 - t0) as f64,
+        _ => f64::NAN,
+    };
     res.srv_wait = match (q0, q1) {
         (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e9 / wall,
         _ => f64::NAN,
@@ -1848,6 +1869,7 @@ struct Agg {
     cli_cpu: f64,
     srv_wait: f64,
     cli_wait: f64,
+    steal: f64,
     per_cpu_min: f64,
     per_cpu_max: f64,
     p50_us: f64,
@@ -1873,6 +1895,7 @@ fn aggregate(rs: &[Result<RoundRes, String>]) -> Agg {
         cli_cpu: f(|r| r.cli_cpu),
         srv_wait: f(|r| r.srv_wait),
         cli_wait: f(|r| r.cli_wait),
+        steal: f(|r| r.steal),
         per_cpu_min: ok.iter().map(|r| r.per_cpu).fold(f64::NAN, f64::min),
         per_cpu_max: ok.iter().map(|r| r.per_cpu).fold(f64::NAN, f64::max),
         p50_us: f(|r| r.p50_us),
@@ -1911,9 +1934,10 @@ fn fmt_pct(x: f64) -> String {
     }
 }
 
-/// Run-queue wait of server / client as % of wall time: how much other load
-/// delayed them (noise indicator; 0%/0% on a quiet machine).
-fn fmt_wait(s: f64, c: f64) -> String {
+/// Run-queue wait of server / client as % of wall time (how much other processes
+/// delayed them), then the machine's steal time (how much the hypervisor did):
+/// noise indicators, "0%/0% 0%" on a quiet machine.
+fn fmt_wait(s: f64, c: f64, steal: f64) -> String {
     let p = |x: f64| {
         if x.is_nan() {
             "-".to_string()
@@ -1921,7 +1945,7 @@ fn fmt_wait(s: f64, c: f64) -> String {
             format!("{:.0}%", x * 100.0)
         }
     };
-    format!("{}/{}", p(s), p(c))
+    format!("{}/{} {}", p(s), p(c), p(steal))
 }
 
 fn fmt_us(x: f64) -> String {
@@ -2122,7 +2146,7 @@ fn run_all(opts: Opts) -> bool {
                 match &r {
                     Err(e) => println!("   round {} {}: FAILED: {e}", round + 1, k.name()),
                     Ok(x) if opts.verbose || spec.kind == WKind::Latency => println!(
-                        "   round {} {:<18} {:>12} {:>14} {:>8} {:>8} {:>9} {:>9} {:>9}  {}{}",
+                        "   round {} {:<18} {:>12} {:>14} {:>8} {:>8} {:>9} {:>9} {:>13}  {}{}",
                         round + 1,
                         k.name(),
                         fmt_num(x.rate),
@@ -2131,7 +2155,7 @@ fn run_all(opts: Opts) -> bool {
                         fmt_pct(x.cli_cpu),
                         fmt_us(x.p50_us),
                         fmt_us(x.p99_us),
-                        fmt_wait(x.srv_wait, x.cli_wait),
+                        fmt_wait(x.srv_wait, x.cli_wait, x.steal),
                         x.errs.summary(),
                         if x.mem_kb > 0.0 {
                             format!(" mem {:.0}", x.mem_kb)
@@ -2159,7 +2183,7 @@ fn run_all(opts: Opts) -> bool {
             );
         } else {
             println!(
-                "   {:<18} {:>12} {:>14} {:>8} {:>8} {:>9} {:>9} {:>9}  errors",
+                "   {:<18} {:>12} {:>14} {:>8} {:>8} {:>9} {:>9} {:>13}  errors",
                 "server",
                 "msgs/s",
                 "msgs/srv-CPU-s",
@@ -2167,7 +2191,7 @@ fn run_all(opts: Opts) -> bool {
                 "cli CPU",
                 "p50",
                 "p99",
-                "wait s/c",
+                "wait s/c steal",
             );
         }
         for &k in &kinds {
@@ -2196,7 +2220,7 @@ fn run_all(opts: Opts) -> bool {
                 );
             } else {
                 println!(
-                    "   {:<18} {:>12} {:>14} {:>8} {:>8} {:>9} {:>9} {:>9}  {}",
+                    "   {:<18} {:>12} {:>14} {:>8} {:>8} {:>9} {:>9} {:>13}  {}",
                     k.name(),
                     fmt_num(a.rate),
                     fmt_num(a.per_cpu),
@@ -2204,7 +2228,7 @@ fn run_all(opts: Opts) -> bool {
                     fmt_pct(a.cli_cpu),
                     fmt_us(a.p50_us),
                     fmt_us(a.p99_us),
-                    fmt_wait(a.srv_wait, a.cli_wait),
+                    fmt_wait(a.srv_wait, a.cli_wait, a.steal),
                     a.errs.summary()
                 );
                 table.push(format!(
@@ -2222,7 +2246,7 @@ fn run_all(opts: Opts) -> bool {
                     fmt_pct(a.cli_cpu),
                     fmt_us(a.p50_us),
                     fmt_us(a.p99_us),
-                    fmt_wait(a.srv_wait, a.cli_wait),
+                    fmt_wait(a.srv_wait, a.cli_wait, a.steal),
                     a.errs.summary()
                 ));
                 if a.cli_cpu > 0.93 {
@@ -2384,7 +2408,7 @@ fn run_all(opts: Opts) -> bool {
     );
     if !table.is_empty() {
         println!();
-        println!("| workload | server | msgs/s | msgs per server-CPU-s | (min-max over rounds) | server CPU | client CPU | p50 | p99 | run-queue wait srv/cli | errors |");
+        println!("| workload | server | msgs/s | msgs per server-CPU-s | (min-max over rounds) | server CPU | client CPU | p50 | p99 | run-queue wait srv/cli, steal | errors |");
         println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         for l in &table {
             println!("{l}");
