@@ -598,3 +598,47 @@ fn fragmented_text_and_pings_on_the_chat() {
     drop(ann);
     server.stop().unwrap();
 }
+
+#[test]
+fn broadcasts_to_more_members_than_one_flush_slice_arrive_whole_and_in_order() {
+    // The loop writes at most 128 connections per iteration and reads new input in
+    // between, so with 300 members the senders' later messages are queued while
+    // the earlier ones are still going out.
+    const MEMBERS: usize = 300;
+    const SENDERS: usize = 3;
+    const PER_SENDER: usize = 10;
+    let server = start(config());
+    let mut members: Vec<(Raw, Json)> = (0..MEMBERS)
+        .map(|i| {
+            let (raw, welcome, _) = join(server.addr, &format!("/chat/big?name=m{i}"));
+            (raw, welcome)
+        })
+        .collect();
+    for n in 0..PER_SENDER {
+        for (raw, _) in members.iter_mut().take(SENDERS) {
+            raw.send_frame(true, op::TEXT, format!("message {n}").as_bytes());
+        }
+    }
+    let sender_ids: Vec<i64> = members[..SENDERS]
+        .iter()
+        .map(|(_, w)| w.int("id"))
+        .collect();
+    for (raw, welcome) in &mut members {
+        let mut next_from = [0usize; SENDERS];
+        while next_from.iter().sum::<usize>() < SENDERS * PER_SENDER {
+            let json = next(raw);
+            match json.kind() {
+                "join" => continue, // members who joined after this one
+                "message" => {}
+                other => panic!("unexpected {other}: {}", json.source),
+            }
+            let sender = (sender_ids.iter().position(|&id| id == json.int("id")))
+                .unwrap_or_else(|| panic!("message from a non-sender: {}", json.source));
+            let expected = format!("message {}", next_from[sender]);
+            assert_eq!(json.str("text"), expected, "member {}", welcome.int("id"));
+            next_from[sender] += 1;
+        }
+    }
+    drop(members);
+    server.stop().unwrap();
+}
