@@ -3,10 +3,12 @@
 //! Read this file first. One iteration of [`Server::run`] does, in order: wait for
 //! readiness (no longer than the next timer); read each ready connection until
 //! `WouldBlock` and act on what it said; accept new connections; run the timers;
-//! flush every connection that has output; and free the connections that were
-//! closed during the iteration. mio is edge-triggered: a socket that is not drained to `WouldBlock`
-//! gets no new event, so any work left over (accepts past the per-wake bound, reads
-//! past the per-wake budget) is remembered and makes the next poll return at once.
+//! flush the connections that have output (up to a slice per iteration); and free
+//! the connections that were closed during the iteration. mio is edge-triggered: a
+//! socket that is not drained to `WouldBlock` gets no new event, so any work left
+//! over (accepts past the per-wake bound, reads past the per-wake budget,
+//! connections past the flush slice) is remembered and makes the next poll return
+//! at once.
 //!
 //! The protocol work lives elsewhere: `http` and `handshake` (RFC 6455 §4),
 //! `message` and `frame` (§5, §7), `chat` (rooms). This module moves bytes between
