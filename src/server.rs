@@ -1044,15 +1044,19 @@ impl Server {
     }
 
     /// Writes each connection's queue, many frames per call ("write before
-    /// sleeping": most replies leave before the next poll, and a connection waits
-    /// for a writable event only when its socket is full).
-    /// At most `FLUSHES_PER_ITERATION` connections are flushed; the rest wait for the
-    /// next iteration, which polls without sleeping.
+    /// sleeping": a connection waits for a writable event only when its socket is
+    /// full). At most `FLUSHES_PER_ITERATION` connections are flushed, in the order
+    /// they were queued; the rest wait for the next iteration, which polls without
+    /// sleeping. So behind a broadcast to N members, a reply waits up to N / 128
+    /// iterations, and a member's queue collects the broadcasts made meanwhile.
     fn flush_pending_writes(&mut self) {
         for _ in 0..FLUSHES_PER_ITERATION {
             let Some(key) = self.pending.flush.pop_front() else {
                 break;
             };
+            // A key left here by a connection freed since may now name a new
+            // connection. Flushing that one early is harmless: writing sooner than
+            // asked is always allowed, and its own entry still comes later.
             let Some(conn) = self.connections.get_mut(key) else {
                 continue;
             };
