@@ -256,23 +256,21 @@ impl OutputQueue {
             let result = if self.segments.len() == 1 {
                 // One segment (the usual case for echoes and replies): a plain write.
                 socket.write(&front.bytes()[self.front_written..])
-            } else if self.gathered_len() <= GATHER_LIMIT {
+            } else if self.unwritten().map(<[u8]>::len).sum::<usize>() <= GATHER_LIMIT {
                 // Several frames (chat messages): one contiguous write costs the
                 // kernel less than walking an iovec per frame.
                 GATHER.with_borrow_mut(|gather| {
                     gather.clear();
-                    for (i, segment) in self.segments.iter().take(MAX_IOVECS).enumerate() {
-                        let start = if i == 0 { self.front_written } else { 0 };
-                        gather.extend_from_slice(&segment.bytes()[start..]);
-                    }
+                    self.unwritten()
+                        .for_each(|bytes| gather.extend_from_slice(bytes));
                     socket.write(gather)
                 })
             } else {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let count = self.segments.len().min(MAX_IOVECS);
-                for (i, segment) in self.segments.iter().take(count).enumerate() {
-                    let start = if i == 0 { self.front_written } else { 0 };
-                    slices[i] = IoSlice::new(&segment.bytes()[start..]);
+                let mut count = 0;
+                for (slice, bytes) in slices.iter_mut().zip(self.unwritten()) {
+                    *slice = IoSlice::new(bytes);
+                    count += 1;
                 }
                 socket.write_vectored(&slices[..count])
             };
@@ -291,12 +289,11 @@ impl OutputQueue {
         Ok((written_total, Flushed::All))
     }
 
-    /// Bytes in the segments one flush call takes (at most `MAX_IOVECS` of them).
-    fn gathered_len(&self) -> usize {
-        let all: usize = (self.segments.iter().take(MAX_IOVECS))
-            .map(|segment| segment.bytes().len())
-            .sum();
-        all - self.front_written
+    /// What one flush call may write: the unwritten bytes of the first
+    /// `MAX_IOVECS` segments, the front one from where it was cut off.
+    fn unwritten(&self) -> impl Iterator<Item = &[u8]> {
+        (self.segments.iter().take(MAX_IOVECS).enumerate())
+            .map(|(i, segment)| &segment.bytes()[if i == 0 { self.front_written } else { 0 }..])
     }
 
     /// Marks `n` bytes as written, retiring finished segments.
