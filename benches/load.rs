@@ -10,8 +10,10 @@
 //! * the servers under comparison, each in its own process (so its CPU time can be read
 //!   from /proc/PID and it can be pinned with `taskset`):
 //!   - `loopchat` itself (`CARGO_BIN_EXE_loopchat`),
-//!   - `raw-tcp`: a raw TCP echo server on the same kind of mio loop, no framing: the
-//!     physical limit for echo (this binary re-invoked with `--serve raw-echo PORT`),
+//!   - `raw-tcp-echo`: a raw TCP echo server on the same kind of mio loop, no framing:
+//!     the physical limit for echo (this binary re-invoked with `--serve raw-echo PORT`),
+//!   - `raw-tcp-fanout`: the same loop relaying every client frame unchanged to every
+//!     connection, the cost of broadcast without framing (`--serve raw-fanout PORT`),
 //!   - `tokio-tungstenite`: an echo + broadcast chat server on a current-thread tokio
 //!     runtime, what a Rust user would pick (`--serve tokio PORT`).
 //!
@@ -2441,55 +2443,74 @@ fn a_has_note(aggs: &HashMap<Kind, Agg>) -> bool {
 // Comparison server 1: raw TCP echo on one mio loop (no framing)
 // ---------------------------------------------------------------------------------------
 
+const RAW_LISTENER: Token = Token(usize::MAX);
+
+/// A poll with a listener on 127.0.0.1:`port`, for the two raw servers.
+fn raw_listen(port: u16) -> (Poll, TcpListener) {
+    let poll = Poll::new().expect("poll");
+    let mut listener = TcpListener::bind(([127, 0, 0, 1], port).into()).expect("bind");
+    poll.registry()
+        .register(&mut listener, RAW_LISTENER, Interest::READABLE)
+        .expect("register");
+    (poll, listener)
+}
+
+/// Waits for events; a signal's interruption is not an error.
+fn raw_poll(poll: &mut Poll, events: &mut Events) {
+    while let Err(e) = poll.poll(events, None) {
+        if e.kind() != io::ErrorKind::Interrupted {
+            panic!("poll: {e}");
+        }
+    }
+}
+
+/// Accepts every waiting connection into `conns`, registered for reading and
+/// writing, as `make` builds it.
+fn raw_accept<C>(
+    listener: &mut TcpListener,
+    poll: &Poll,
+    conns: &mut slab::Slab<C>,
+    make: impl Fn(TcpStream) -> C,
+) {
+    loop {
+        match listener.accept() {
+            Ok((mut s, _)) => {
+                let _ = s.set_nodelay(true);
+                let e = conns.vacant_entry();
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                if poll
+                    .registry()
+                    .register(&mut s, Token(e.key()), interest)
+                    .is_ok()
+                {
+                    e.insert(make(s));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break, // e.g. EMFILE: try again on the next event
+        }
+    }
+}
+
 struct RawConn {
     sock: TcpStream,
     out: Vec<u8>,
 }
 
 fn serve_raw_echo(port: u16) {
-    const LISTENER: Token = Token(usize::MAX);
-    let mut poll = Poll::new().expect("poll");
-    let mut listener = TcpListener::bind(([127, 0, 0, 1], port).into()).expect("bind");
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)
-        .expect("register");
+    let (mut poll, mut listener) = raw_listen(port);
     let mut conns: slab::Slab<RawConn> = slab::Slab::new();
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        if let Err(e) = poll.poll(&mut events, None) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            panic!("poll: {e}");
-        }
+        raw_poll(&mut poll, &mut events);
         for ev in events.iter() {
-            if ev.token() == LISTENER {
-                loop {
-                    match listener.accept() {
-                        Ok((mut s, _)) => {
-                            let _ = s.set_nodelay(true);
-                            let e = conns.vacant_entry();
-                            if poll
-                                .registry()
-                                .register(
-                                    &mut s,
-                                    Token(e.key()),
-                                    Interest::READABLE | Interest::WRITABLE,
-                                )
-                                .is_ok()
-                            {
-                                e.insert(RawConn {
-                                    sock: s,
-                                    out: Vec::new(),
-                                });
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => break, // e.g. EMFILE: try again on the next event
-                    }
-                }
+            if ev.token() == RAW_LISTENER {
+                raw_accept(&mut listener, &poll, &mut conns, |sock| RawConn {
+                    sock,
+                    out: Vec::new(),
+                });
                 continue;
             }
             let key = ev.token().0;
@@ -2498,7 +2519,11 @@ fn serve_raw_echo(port: u16) {
             };
             let mut close = ev.is_error();
             if !close && ev.is_writable() && !c.out.is_empty() {
-                close = raw_flush(c).is_err();
+                close = write_some(&mut c.sock, &c.out)
+                    .map(|w| {
+                        c.out.drain(..w);
+                    })
+                    .is_err();
             }
             if !close && (ev.is_readable() || ev.is_read_closed()) {
                 loop {
@@ -2509,23 +2534,10 @@ fn serve_raw_echo(port: u16) {
                         }
                         Ok(n) => {
                             if c.out.is_empty() {
-                                let mut off = 0;
-                                while off < n {
-                                    match c.sock.write(&buf[off..n]) {
-                                        Ok(0) => {
-                                            close = true;
-                                            break;
-                                        }
-                                        Ok(w) => off += w,
-                                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                                        Err(_) => {
-                                            close = true;
-                                            break;
-                                        }
-                                    }
+                                match write_some(&mut c.sock, &buf[..n]) {
+                                    Ok(w) => c.out.extend_from_slice(&buf[w..n]),
+                                    Err(_) => close = true,
                                 }
-                                c.out.extend_from_slice(&buf[off..n]);
                             } else {
                                 c.out.extend_from_slice(&buf[..n]);
                             }
@@ -2548,21 +2560,6 @@ fn serve_raw_echo(port: u16) {
             }
         }
     }
-}
-
-fn raw_flush(c: &mut RawConn) -> io::Result<()> {
-    let mut off = 0;
-    while off < c.out.len() {
-        match c.sock.write(&c.out[off..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => off += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    c.out.drain(..off);
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2598,54 +2595,23 @@ fn whole_frames_len(b: &[u8]) -> usize {
 }
 
 fn serve_raw_fanout(port: u16) {
-    const LISTENER: Token = Token(usize::MAX);
     const MAX_OUT: usize = 64 << 20; // a reader this far behind is dropped
-    let mut poll = Poll::new().expect("poll");
-    let mut listener = TcpListener::bind(([127, 0, 0, 1], port).into()).expect("bind");
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)
-        .expect("register");
+    let (mut poll, mut listener) = raw_listen(port);
     let mut conns: slab::Slab<FanoutConn> = slab::Slab::new();
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
     let mut batch: Vec<u8> = Vec::new();
     let mut closed: Vec<usize> = Vec::new();
     loop {
-        if let Err(e) = poll.poll(&mut events, None) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            panic!("poll: {e}");
-        }
+        raw_poll(&mut poll, &mut events);
         for ev in events.iter() {
-            if ev.token() == LISTENER {
-                loop {
-                    match listener.accept() {
-                        Ok((mut s, _)) => {
-                            let _ = s.set_nodelay(true);
-                            let e = conns.vacant_entry();
-                            if poll
-                                .registry()
-                                .register(
-                                    &mut s,
-                                    Token(e.key()),
-                                    Interest::READABLE | Interest::WRITABLE,
-                                )
-                                .is_ok()
-                            {
-                                e.insert(FanoutConn {
-                                    sock: s,
-                                    partial: Vec::new(),
-                                    out: Vec::new(),
-                                    dirty: false,
-                                });
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => break,
-                    }
-                }
+            if ev.token() == RAW_LISTENER {
+                raw_accept(&mut listener, &poll, &mut conns, |sock| FanoutConn {
+                    sock,
+                    partial: Vec::new(),
+                    out: Vec::new(),
+                    dirty: false,
+                });
                 continue;
             }
             let key = ev.token().0;
