@@ -154,8 +154,8 @@ const MAX_IOVECS: usize = 32;
 const KEEP_SPARE_CAPACITY: usize = 16 * 1024;
 /// Segments that add up to at most this many bytes are copied into one buffer and
 /// written with one `write` instead of a `writev`: the kernel's per-iovec work
-/// costs more than the copy (`cargo bench --bench writev`: 3-12% less CPU per
-/// call from 2 × 150 B to 32 × 1,100 B, even at 8 × 8 KiB).
+/// costs more than the copy (`cargo bench --bench writev`: 2-20% less CPU per
+/// call from 2 × 150 B to 32 × 1,100 B; 7% more at 8 × 8 KiB, past this limit).
 const GATHER_LIMIT: usize = 32 * 1024;
 
 thread_local! {
