@@ -2298,6 +2298,12 @@ fn run_all(opts: Opts) -> bool {
                 met,
             });
         };
+        // The server whose own figures (latency, memory) are checked.
+        let k = if ext_target.is_some() {
+            Kind::External
+        } else {
+            Kind::Loopchat
+        };
         match spec.kind {
             WKind::Echo if ext_target.is_none() => {
                 if let Some(r) = ratio(Kind::Raw) {
@@ -2343,11 +2349,6 @@ fn run_all(opts: Opts) -> bool {
                 }
             }
             WKind::Latency => {
-                let k = if ext_target.is_some() {
-                    Kind::External
-                } else {
-                    Kind::Loopchat
-                };
                 if let Some(a) = aggs.get(&k).filter(|a| a.rounds > 0) {
                     check(
                         format!("{} {} p99 latency", spec.name, k.name()),
@@ -2369,11 +2370,6 @@ fn run_all(opts: Opts) -> bool {
                 }
             }
             WKind::MemEcho => {
-                let k = if ext_target.is_some() {
-                    Kind::External
-                } else {
-                    Kind::Loopchat
-                };
                 if let Some(a) = aggs.get(&k).filter(|a| a.rounds > 0) {
                     check(
                         format!("{} {} peak RSS", spec.name, k.name()),
@@ -2384,11 +2380,6 @@ fn run_all(opts: Opts) -> bool {
                 }
             }
             WKind::MemIdle => {
-                let k = if ext_target.is_some() {
-                    Kind::External
-                } else {
-                    Kind::Loopchat
-                };
                 if let Some(a) = aggs.get(&k).filter(|a| a.rounds > 0) {
                     check(
                         format!("{} {} RSS per idle conn", spec.name, k.name()),
