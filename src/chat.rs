@@ -1,7 +1,7 @@
 //! The chat itself: rooms, members, notices and history.
 //!
 //! Sans-IO: the server tells a [`Chat`] who joined, spoke or left, and the chat
-//! answers by calling `deliver(member, frame)` for each frame each member must get.
+//! answers with the frames to send and the members who must get each one.
 //! Each frame is a complete WebSocket text frame (RFC 6455 §5.6), encoded once and
 //! shared by reference, so a broadcast to a thousand members costs one encoding.
 //!
@@ -11,6 +11,7 @@
 //! else's.
 
 use crate::frame::{self, OpCode};
+use crate::message::{CloseCode, MessageKind, ProtocolError};
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write;
 use std::rc::Rc;
@@ -100,6 +101,7 @@ impl Chat {
     }
 
     /// How many members `room` has.
+    #[cfg(test)]
     pub fn online(&self, room: &str) -> usize {
         self.rooms.get(room).map_or(0, |r| r.members.len())
     }
@@ -109,15 +111,10 @@ impl Chat {
         self.rooms.len() - self.idle.len()
     }
 
-    /// Adds `member` to `room`: it gets a welcome and the recent history, then
-    /// every member (the newcomer too) gets a join notice with the new count.
-    pub fn join(
-        &mut self,
-        room_name: &Rc<str>,
-        member: &Member,
-        now_ms: u64,
-        deliver: &mut dyn FnMut(ConnectionKey, &SharedFrame),
-    ) {
+    /// Adds `member` to `room`. The newcomer gets a welcome and the recent
+    /// history, then every member (the newcomer too) a join notice with the new
+    /// count; the caller queues them in that order.
+    pub fn join(&mut self, room_name: &Rc<str>, member: &Member, now_ms: u64) -> Joined<'_> {
         self.idle.retain(|r| r != room_name);
         let room = self.rooms.entry(Rc::clone(room_name)).or_default();
         room.members.push(member.key);
@@ -129,58 +126,40 @@ impl Chat {
         welcome.push_str(",\"room\":");
         push_json_string(&mut welcome, room_name);
         let _ = write!(welcome, ",\"online\":{online}}}");
-        deliver(member.key, &text_frame(&welcome));
-        for old in &room.history {
-            deliver(member.key, old);
-        }
-        let notice = notice_frame("join", member, online, now_ms);
-        for &key in &room.members {
-            deliver(key, &notice);
+        Joined {
+            welcome: text_frame(&welcome),
+            history: &room.history,
+            notice: notice_frame("join", member, online, now_ms),
+            members: &room.members,
         }
     }
 
-    /// Broadcasts a frame made by [`message_frame`] to every member of `room`, the
-    /// sender included, and keeps it for the room's history.
-    pub fn publish(
-        &mut self,
-        room_name: &str,
-        frame: SharedFrame,
-        deliver: &mut dyn FnMut(ConnectionKey, &SharedFrame),
-    ) {
+    /// Keeps a frame made by [`message_frame`] for the room's history and returns
+    /// who must get it: every member of `room`, the sender included.
+    pub fn publish(&mut self, room_name: &str, frame: &SharedFrame) -> &[ConnectionKey] {
         let Some(room) = self.rooms.get_mut(room_name) else {
-            return;
+            return &[];
         };
-        for &key in &room.members {
-            deliver(key, &frame);
-        }
-        if self.limits.messages == 0 || frame.len() > self.limits.bytes {
-            return;
-        }
-        room.history_bytes += frame.len();
-        room.history.push_back(frame);
-        while room.history.len() > self.limits.messages || room.history_bytes > self.limits.bytes {
-            if let Some(old) = room.history.pop_front() {
-                room.history_bytes -= old.len();
+        if self.limits.messages > 0 && frame.len() <= self.limits.bytes {
+            room.history_bytes += frame.len();
+            room.history.push_back(Rc::clone(frame));
+            while room.history.len() > self.limits.messages
+                || room.history_bytes > self.limits.bytes
+            {
+                if let Some(old) = room.history.pop_front() {
+                    room.history_bytes -= old.len();
+                }
             }
         }
+        &room.members
     }
 
-    /// Removes `member` from `room`; the members left get a leave notice. An
-    /// emptied room keeps its history for whoever comes next, until more than
-    /// `idle_rooms` rooms are empty.
-    pub fn leave(
-        &mut self,
-        room_name: &Rc<str>,
-        member: &Member,
-        now_ms: u64,
-        deliver: &mut dyn FnMut(ConnectionKey, &SharedFrame),
-    ) {
-        let Some(room) = self.rooms.get_mut(room_name) else {
-            return;
-        };
-        let Some(index) = room.members.iter().position(|&k| k == member.key) else {
-            return;
-        };
+    /// Removes `member` from `room`, if it is there; the members left get a leave
+    /// notice. An emptied room keeps its history for whoever comes next, until
+    /// more than `idle_rooms` rooms are empty.
+    pub fn leave(&mut self, room_name: &Rc<str>, member: &Member, now_ms: u64) -> Option<Left<'_>> {
+        let room = self.rooms.get_mut(room_name)?;
+        let index = room.members.iter().position(|&k| k == member.key)?;
         room.members.swap_remove(index);
         if room.members.is_empty() {
             self.idle.push_back(Rc::clone(room_name));
@@ -189,12 +168,43 @@ impl Chat {
                     self.rooms.remove(&oldest);
                 }
             }
-            return;
+            return None;
         }
-        let notice = notice_frame("leave", member, room.members.len(), now_ms);
-        for &key in &room.members {
-            deliver(key, &notice);
-        }
+        let room = self.rooms.get(room_name)?;
+        Some(Left {
+            notice: notice_frame("leave", member, room.members.len(), now_ms),
+            members: &room.members,
+        })
+    }
+}
+
+/// What a join sends: `welcome` and `history` to the newcomer, then `notice` to
+/// every member.
+#[derive(Debug)]
+pub struct Joined<'a> {
+    pub welcome: SharedFrame,
+    pub history: &'a VecDeque<SharedFrame>,
+    pub notice: SharedFrame,
+    pub members: &'a [ConnectionKey],
+}
+
+/// What a leave sends: `notice` to every member left.
+#[derive(Debug)]
+pub struct Left<'a> {
+    pub notice: SharedFrame,
+    pub members: &'a [ConnectionKey],
+}
+
+/// The text of a chat message, which must be a text message (§5.6): the chat
+/// takes text only, and refuses binary with 1003.
+pub fn text_message(kind: MessageKind, payload: &[u8]) -> Result<&str, ProtocolError> {
+    let refuse = ProtocolError {
+        code: CloseCode::UNSUPPORTED_DATA,
+        reason: "the chat takes text messages only",
+    };
+    match kind {
+        MessageKind::Text => std::str::from_utf8(payload).map_err(|_| refuse),
+        MessageKind::Binary => Err(refuse),
     }
 }
 
@@ -259,11 +269,34 @@ mod tests {
         String::from_utf8(frame[start..].to_vec()).unwrap()
     }
 
-    /// Records every delivery as (connection key, text).
+    /// Records every delivery as (connection key, text), in the order the server
+    /// queues them.
     struct Log(Vec<(ConnectionKey, String)>);
     impl Log {
-        fn sink(&mut self) -> impl FnMut(ConnectionKey, &SharedFrame) + '_ {
-            |key, frame| self.0.push((key, payload(frame)))
+        fn push(&mut self, key: ConnectionKey, frame: &SharedFrame) {
+            self.0.push((key, payload(frame)));
+        }
+        fn join(&mut self, chat: &mut Chat, room: &Rc<str>, member: &Member, now_ms: u64) {
+            let joined = chat.join(room, member, now_ms);
+            self.push(member.key, &joined.welcome);
+            for old in joined.history {
+                self.push(member.key, old);
+            }
+            for &key in joined.members {
+                self.push(key, &joined.notice);
+            }
+        }
+        fn publish(&mut self, chat: &mut Chat, room: &str, frame: SharedFrame) {
+            for &key in chat.publish(room, &frame) {
+                self.push(key, &frame);
+            }
+        }
+        fn leave(&mut self, chat: &mut Chat, room: &Rc<str>, member: &Member, now_ms: u64) {
+            if let Some(left) = chat.leave(room, member, now_ms) {
+                for &key in left.members {
+                    self.push(key, &left.notice);
+                }
+            }
         }
         fn to(&self, key: ConnectionKey) -> Vec<&str> {
             self.0
@@ -298,11 +331,11 @@ mod tests {
         let mut log = Log(Vec::new());
         let (ann, bob) = (member(1, 101, "ann"), member(2, 102, "bob"));
         let lobby = room("lobby");
-        chat.join(&lobby, &ann, 10, &mut log.sink());
-        chat.join(&lobby, &bob, 11, &mut log.sink());
+        log.join(&mut chat, &lobby, &ann, 10);
+        log.join(&mut chat, &lobby, &bob, 11);
         let frame = message_frame("lobby", &ann, "hi \"bob\"", 12);
-        chat.publish("lobby", frame, &mut log.sink());
-        chat.leave(&lobby, &bob, 13, &mut log.sink());
+        log.publish(&mut chat, "lobby", frame);
+        log.leave(&mut chat, &lobby, &bob, 13);
         assert_eq!(
             log.to(2),
             vec![
@@ -324,9 +357,9 @@ mod tests {
         let mut chat = Chat::new(LIMITS);
         let mut log = Log(Vec::new());
         let ann = member(1, 1, "ann");
-        chat.join(&room("a"), &ann, 0, &mut log.sink());
-        chat.join(&room("b"), &member(2, 2, "bob"), 0, &mut log.sink());
-        chat.publish("a", message_frame("a", &ann, "only a", 0), &mut log.sink());
+        log.join(&mut chat, &room("a"), &ann, 0);
+        log.join(&mut chat, &room("b"), &member(2, 2, "bob"), 0);
+        log.publish(&mut chat, "a", message_frame("a", &ann, "only a", 0));
         assert!(log.to(2).iter().all(|s| !s.contains("only a")));
         assert_eq!((chat.online("a"), chat.online("b")), (1, 1));
     }
@@ -340,12 +373,12 @@ mod tests {
         let mut log = Log(Vec::new());
         let ann = member(1, 1, "ann");
         let r = room("r");
-        chat.join(&r, &ann, 0, &mut log.sink());
+        log.join(&mut chat, &r, &ann, 0);
         for text in ["one", "two", "three"] {
-            chat.publish("r", message_frame("r", &ann, text, 0), &mut log.sink());
+            log.publish(&mut chat, "r", message_frame("r", &ann, text, 0));
         }
         log.0.clear();
-        chat.join(&r, &member(2, 2, "bob"), 0, &mut log.sink());
+        log.join(&mut chat, &r, &member(2, 2, "bob"), 0);
         let seen = log.to(2);
         assert!(seen[0].contains("welcome"));
         assert!(seen[1].contains("\"two\"") && seen[2].contains("\"three\""));
@@ -361,16 +394,16 @@ mod tests {
         let mut log = Log(Vec::new());
         let ann = member(1, 1, "ann");
         let r = room("r");
-        chat.join(&r, &ann, 0, &mut log.sink());
+        log.join(&mut chat, &r, &ann, 0);
         for i in 0..10 {
             let text = format!("{i}{}", "x".repeat(60));
-            chat.publish("r", message_frame("r", &ann, &text, 0), &mut log.sink());
+            log.publish(&mut chat, "r", message_frame("r", &ann, &text, 0));
         }
         // A message larger than the whole budget is broadcast but not kept.
         let huge = "y".repeat(400);
-        chat.publish("r", message_frame("r", &ann, &huge, 0), &mut log.sink());
+        log.publish(&mut chat, "r", message_frame("r", &ann, &huge, 0));
         log.0.clear();
-        chat.join(&r, &member(2, 2, "bob"), 0, &mut log.sink());
+        log.join(&mut chat, &r, &member(2, 2, "bob"), 0);
         let replayed = log.to(2).len() - 2; // minus welcome and join
         assert!((1..10).contains(&replayed), "{replayed} replayed");
         assert!(log.to(2).iter().all(|s| !s.contains("yyy")));
@@ -384,15 +417,15 @@ mod tests {
         let ann = member(1, 1, "ann");
         for name in ["a", "b", "c"] {
             let r = room(name);
-            chat.join(&r, &ann, 0, &mut log.sink());
-            chat.publish(name, message_frame(name, &ann, name, 0), &mut log.sink());
-            chat.leave(&r, &ann, 0, &mut log.sink());
+            log.join(&mut chat, &r, &ann, 0);
+            log.publish(&mut chat, name, message_frame(name, &ann, name, 0));
+            log.leave(&mut chat, &r, &ann, 0);
         }
         assert_eq!(chat.room_count(), 0);
         log.0.clear();
         // "a" was emptied first and forgotten; "c" still has its message.
-        chat.join(&room("a"), &member(2, 2, "bob"), 0, &mut log.sink());
-        chat.join(&room("c"), &member(3, 3, "cy"), 0, &mut log.sink());
+        log.join(&mut chat, &room("a"), &member(2, 2, "bob"), 0);
+        log.join(&mut chat, &room("c"), &member(3, 3, "cy"), 0);
         assert_eq!(log.to(2).len(), 2);
         assert_eq!(log.to(3).len(), 3);
         assert_eq!(chat.room_count(), 2);
@@ -408,6 +441,28 @@ mod tests {
         assert!(!is_valid_room(""));
         assert!(!is_valid_room("a/b"));
         assert!(!is_valid_room(&"a".repeat(33)));
+    }
+
+    #[test]
+    fn leaving_twice_sends_one_notice() {
+        let mut chat = Chat::new(LIMITS);
+        let mut log = Log(Vec::new());
+        let (ann, bob) = (member(1, 1, "ann"), member(2, 2, "bob"));
+        let r = room("r");
+        log.join(&mut chat, &r, &ann, 0);
+        log.join(&mut chat, &r, &bob, 0);
+        log.0.clear();
+        log.leave(&mut chat, &r, &bob, 0);
+        log.leave(&mut chat, &r, &bob, 0);
+        assert_eq!(log.0.len(), 1);
+        assert_eq!(chat.online("r"), 1);
+    }
+
+    #[test]
+    fn the_chat_takes_text_only() {
+        assert_eq!(text_message(MessageKind::Text, b"hi"), Ok("hi"));
+        let refused = text_message(MessageKind::Binary, b"hi").unwrap_err();
+        assert_eq!(refused.code, CloseCode::UNSUPPORTED_DATA);
     }
 
     #[test]

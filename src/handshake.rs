@@ -13,7 +13,7 @@ use sha1::{Digest, Sha1};
 /// The GUID of §1.3, appended to the client's key before hashing.
 pub const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// The only protocol version this server speaks (§4.1, §11.6).
-pub const WEBSOCKET_VERSION: &str = "13";
+pub(crate) const WEBSOCKET_VERSION: &str = "13";
 /// A `Sec-WebSocket-Key` is 16 random bytes, base64-encoded (§4.1).
 const KEY_BYTES: usize = 16;
 
@@ -28,7 +28,7 @@ pub fn accept_key(key: &str) -> String {
 
 /// Which browser origins may open a WebSocket here (§10.2).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OriginPolicy {
+pub(crate) struct OriginPolicy {
     /// Extra origins allowed besides the server's own, as `scheme://host[:port]`,
     /// compared case-insensitively; `*` allows every origin.
     pub allowed: Vec<String>,
@@ -80,7 +80,10 @@ fn same_origin_as_host(origin: &str, host: &str) -> bool {
 
 /// Checks a request that asks for an upgrade, per §4.2.1, in the order the RFC
 /// lists the fields. Returns the `101 Switching Protocols` response to send.
-pub fn accept_upgrade(request: &Request, origins: &OriginPolicy) -> Result<Vec<u8>, HttpError> {
+pub(crate) fn accept_upgrade(
+    request: &Request,
+    origins: &OriginPolicy,
+) -> Result<Vec<u8>, HttpError> {
     // 1. An HTTP/1.1 or higher GET request.
     if request.method != "GET" {
         return Err(HttpError::new(

@@ -15,15 +15,17 @@
 //! | [`chat`] | rooms, members, notices, history |
 //! | [`metrics`] | counters for `GET /metrics` |
 
-pub mod chat;
+mod chat;
 pub mod config;
-pub mod connection;
+mod connection;
 pub mod frame;
 pub mod handshake;
-pub mod http;
+mod http;
 pub mod message;
-pub mod metrics;
-pub mod server;
+mod metrics;
+mod output;
+mod server;
+mod session;
 
 pub use config::Config;
 pub use server::{spawn, RunningServer, Server, ServerHandle};

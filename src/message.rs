@@ -34,8 +34,6 @@ impl CloseCode {
     pub const POLICY_VIOLATION: CloseCode = CloseCode(1008);
     /// 1009: a message too big to process.
     pub const MESSAGE_TOO_BIG: CloseCode = CloseCode(1009);
-    /// 1011: the server hit an unexpected condition.
-    pub const INTERNAL_ERROR: CloseCode = CloseCode(1011);
 
     /// Whether a peer may send this code in a close frame (§7.4.1, §7.4.2 and the
     /// IANA registry): 1000-1003 and 1007-1014 are defined, 3000-4999 are for

@@ -7,6 +7,10 @@
 //! last read for the end of the header block, so a request dripped in byte by byte
 //! costs linear time, not quadratic. Sans-IO: bytes in, values and bytes out.
 
+mod route;
+
+pub use route::{route, Route};
+
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;
@@ -15,12 +19,11 @@ use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The page, built into the binary so that it runs from anywhere.
-const EMBEDDED_INDEX: &[u8] = include_bytes!("../static/index.html");
+const EMBEDDED_INDEX: &[u8] = include_bytes!("../../static/index.html");
 
 /// The response statuses this server sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
-    SwitchingProtocols,
     Ok,
     BadRequest,
     Forbidden,
@@ -34,7 +37,6 @@ pub enum Status {
 impl Status {
     pub fn code(self) -> u16 {
         match self {
-            Status::SwitchingProtocols => 101,
             Status::Ok => 200,
             Status::BadRequest => 400,
             Status::Forbidden => 403,
@@ -48,7 +50,6 @@ impl Status {
 
     pub fn reason(self) -> &'static str {
         match self {
-            Status::SwitchingProtocols => "Switching Protocols",
             Status::Ok => "OK",
             Status::BadRequest => "Bad Request",
             Status::Forbidden => "Forbidden",

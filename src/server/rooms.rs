@@ -1,0 +1,69 @@
+//! Rooms: the chat's decisions (`chat.rs`: who is in a room, what a join, a
+//! message or a leave sends to whom) turned into frames queued on members'
+//! connections. Each frame was encoded once by the chat and is queued by
+//! reference on every recipient (`writes::deliver`).
+
+use super::writes::{deliver, Outbox};
+use super::{unix_millis, Server};
+use crate::chat::{Chat, Member, SharedFrame};
+use crate::connection::{Connection, Endpoint};
+use slab::Slab;
+use std::rc::Rc;
+
+impl Server {
+    /// The chat, the connections and an outbox, borrowed apart, so that the
+    /// chat's list of recipients can be walked while frames are queued.
+    fn split_for_delivery(&mut self) -> (&mut Chat, &mut Slab<Connection>, Outbox<'_>) {
+        let outbox = Outbox {
+            pending: &mut self.pending,
+            metrics: &mut self.metrics,
+            config: &self.config,
+        };
+        (&mut self.chat, &mut self.connections, outbox)
+    }
+
+    /// Adds a member to its room: a welcome and the room's history to it, then a
+    /// join notice to everyone in the room.
+    pub(super) fn join_room(&mut self, room: Rc<str>, member: Member, now_ms: u64) {
+        let (chat, connections, mut outbox) = self.split_for_delivery();
+        let joined = chat.join(&room, &member, now_ms);
+        deliver(connections, &mut outbox, member.key, &joined.welcome);
+        for old in joined.history {
+            deliver(connections, &mut outbox, member.key, old);
+        }
+        for &key in joined.members {
+            deliver(connections, &mut outbox, key, &joined.notice);
+        }
+    }
+
+    /// Sends a chat message's frame to every member of `room`, the sender too.
+    pub(super) fn broadcast(&mut self, room: &str, frame: SharedFrame) {
+        self.metrics.broadcasts += 1;
+        let (chat, connections, mut outbox) = self.split_for_delivery();
+        for &key in chat.publish(room, &frame) {
+            deliver(connections, &mut outbox, key, &frame);
+        }
+    }
+
+    /// Takes a chat member out of its room, telling the others. Safe to call more
+    /// than once: the chat knows who is still a member. During shutdown nobody
+    /// needs to hear about the others leaving.
+    pub(super) fn leave_room(&mut self, key: usize) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        let Some(ws) = self.connections.get_mut(key).and_then(|c| c.websocket()) else {
+            return;
+        };
+        let Endpoint::Chat { room, member } = &ws.endpoint else {
+            return;
+        };
+        let (room, member) = (Rc::clone(room), member.clone());
+        let (chat, connections, mut outbox) = self.split_for_delivery();
+        if let Some(left) = chat.leave(&room, &member, unix_millis()) {
+            for &key in left.members {
+                deliver(connections, &mut outbox, key, &left.notice);
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! WebSocket input: a connection's frame bytes through its `Session`, and what
+//! each resulting action means for the endpoint: an echo reply, a chat broadcast,
+//! a pong, the answer to the peer's close, or a failed connection (RFC 6455 §5.5,
+//! §7.1.7).
+
+use super::writes::{close_slow_reader, push_close, push_flush, push_frame, Outbox, Outgoing};
+use super::{unix_millis, Server};
+use crate::chat::{self, SharedFrame};
+use crate::connection::{Connection, Endpoint, Phase};
+use crate::message::{CloseCode, ProtocolError};
+use crate::session::Action;
+use log::info;
+use std::rc::Rc;
+
+/// What is left to do once the connection is let go: the actions that need
+/// the whole server, not only the connection.
+enum Next {
+    /// The input is used up.
+    Done,
+    /// A reply found the peer past `--max-output`.
+    SlowReader,
+    Broadcast(Rc<str>, SharedFrame),
+    /// The closing handshake is over, or the connection failed: leave the room and
+    /// close TCP once our last bytes are out.
+    Closed,
+}
+
+impl Server {
+    /// Feeds frame bytes to the connection's session and acts on each action.
+    pub(super) fn on_websocket_bytes(&mut self, key: usize, bytes: &mut [u8]) {
+        let mut pos = 0;
+        loop {
+            let Some((conn, mut outbox)) = self.connection_and_outbox(key) else {
+                return;
+            };
+            if conn.doomed {
+                return;
+            }
+            let Phase::WebSocket(ws) = &mut conn.phase else {
+                return;
+            };
+            // Actions that concern only this connection (echoes, pongs) are taken
+            // here, many per read, with the connection held; the others end this
+            // inner loop and say what is left to do.
+            let mut replied = false;
+            let next = loop {
+                let (consumed, action) = ws.session.next_action(&mut bytes[pos..]);
+                pos += consumed;
+                let reply = match action {
+                    Action::NeedMore => break Next::Done,
+                    Action::Absorbed => continue,
+                    Action::Message(kind, payload) => {
+                        outbox.metrics.messages_in += 1;
+                        match &ws.endpoint {
+                            Endpoint::Echo => Outgoing::Frame(kind.opcode(), payload),
+                            Endpoint::Chat { room, member } => {
+                                match chat::text_message(kind, payload) {
+                                    Ok(text) => {
+                                        let frame =
+                                            chat::message_frame(room, member, text, unix_millis());
+                                        break Next::Broadcast(Rc::clone(room), frame);
+                                    }
+                                    Err(error) => {
+                                        let send_close = ws.session.fail();
+                                        break fail(conn, key, error, send_close, &mut outbox);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Action::Reply(opcode, payload) => Outgoing::Frame(opcode, payload),
+                    Action::PeerClosed {
+                        code,
+                        reason,
+                        answer,
+                    } => {
+                        let code_text = code.map_or("no code".to_string(), |c| c.to_string());
+                        info!("{} [{key}] sent close {code_text} {reason:?}", conn.peer);
+                        let received = code.unwrap_or(CloseCode::NO_STATUS);
+                        crate::metrics::count(&mut outbox.metrics.closes_received, received.0);
+                        if let Some(answer) = answer {
+                            push_close(conn, key, answer, "", &mut outbox);
+                        }
+                        break Next::Closed;
+                    }
+                    Action::Fail { error, send_close } => {
+                        break fail(conn, key, error, send_close, &mut outbox);
+                    }
+                };
+                if !push_frame(&mut conn.socket, &mut conn.output, reply, &mut outbox) {
+                    break Next::SlowReader;
+                }
+                replied = true;
+            };
+            if replied {
+                push_flush(conn, key, outbox.pending);
+            }
+            match next {
+                Next::Done => return,
+                Next::SlowReader => close_slow_reader(conn, key, &mut outbox),
+                Next::Broadcast(room, frame) => self.broadcast(&room, frame), // rooms.rs
+                Next::Closed => {
+                    self.leave_room(key); // rooms.rs
+                    return self.close_after_flush(key); // closing.rs
+                }
+            }
+        }
+    }
+}
+
+/// Fails the connection (§7.1.7): our close frame with the error's code, unless
+/// we sent one already; TCP closes once it is out, whatever the peer sends.
+fn fail(
+    conn: &mut Connection,
+    key: usize,
+    error: ProtocolError,
+    send_close: bool,
+    outbox: &mut Outbox,
+) -> Next {
+    info!("{} [{key}] protocol error: {error}", conn.peer);
+    if send_close {
+        push_close(conn, key, error.code, error.reason, outbox);
+    }
+    Next::Closed
+}
