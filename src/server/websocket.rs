@@ -8,6 +8,7 @@ use super::{unix_millis, Server};
 use crate::chat::{self, SharedFrame};
 use crate::connection::{Connection, Endpoint, Phase};
 use crate::message::{CloseCode, ProtocolError};
+use crate::metrics;
 use crate::session::Action;
 use log::info;
 use std::rc::Rc;
@@ -36,66 +37,7 @@ impl Server {
             if conn.doomed {
                 return;
             }
-            let Phase::WebSocket(ws) = &mut conn.phase else {
-                return;
-            };
-            // Actions that concern only this connection (echoes, pongs) are taken
-            // here, many per read, with the connection held; the others end this
-            // inner loop and say what is left to do.
-            let mut replied = false;
-            let next = loop {
-                let (consumed, action) = ws.session.next_action(&mut bytes[pos..]);
-                pos += consumed;
-                let reply = match action {
-                    Action::NeedMore => break Next::Done,
-                    Action::Absorbed => continue,
-                    Action::Message(kind, payload) => {
-                        outbox.metrics.messages_in += 1;
-                        match &ws.endpoint {
-                            Endpoint::Echo => Outgoing::Frame(kind.opcode(), payload),
-                            Endpoint::Chat { room, member } => {
-                                match chat::text_message(kind, payload) {
-                                    Ok(text) => {
-                                        let frame =
-                                            chat::message_frame(room, member, text, unix_millis());
-                                        break Next::Broadcast(Rc::clone(room), frame);
-                                    }
-                                    Err(error) => {
-                                        let send_close = ws.session.fail();
-                                        break fail(conn, key, error, send_close, &mut outbox);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Action::Reply(opcode, payload) => Outgoing::Frame(opcode, payload),
-                    Action::PeerClosed {
-                        code,
-                        reason,
-                        answer,
-                    } => {
-                        let code_text = code.map_or("no code".to_string(), |c| c.to_string());
-                        info!("{} [{key}] sent close {code_text} {reason:?}", conn.peer);
-                        let received = code.unwrap_or(CloseCode::NO_STATUS);
-                        crate::metrics::count(&mut outbox.metrics.closes_received, received.0);
-                        if let Some(answer) = answer {
-                            push_close(conn, key, answer, "", &mut outbox);
-                        }
-                        break Next::Closed;
-                    }
-                    Action::Fail { error, send_close } => {
-                        break fail(conn, key, error, send_close, &mut outbox);
-                    }
-                };
-                if !push_frame(&mut conn.socket, &mut conn.output, reply, &mut outbox) {
-                    break Next::SlowReader;
-                }
-                replied = true;
-            };
-            if replied {
-                push_flush(conn, key, outbox.pending);
-            }
-            match next {
+            match take_actions(conn, key, bytes, &mut pos, &mut outbox) {
                 Next::Done => return,
                 Next::SlowReader => close_slow_reader(conn, key, &mut outbox),
                 Next::Broadcast(room, frame) => self.broadcast(&room, frame), // rooms.rs
@@ -106,6 +48,72 @@ impl Server {
             }
         }
     }
+}
+
+/// Takes the session's actions on `bytes[*pos..]` that concern only this
+/// connection (echoes, pongs), many per read, with the connection held, and
+/// stops at the first that needs the whole server, saying what it is.
+fn take_actions(
+    conn: &mut Connection,
+    key: usize,
+    bytes: &mut [u8],
+    pos: &mut usize,
+    outbox: &mut Outbox,
+) -> Next {
+    let Phase::WebSocket(ws) = &mut conn.phase else {
+        return Next::Done;
+    };
+    let mut replied = false;
+    let next = loop {
+        let (consumed, action) = ws.session.next_action(&mut bytes[*pos..]);
+        *pos += consumed;
+        let reply = match action {
+            Action::NeedMore => break Next::Done,
+            Action::Absorbed => continue,
+            Action::Message(kind, payload) => {
+                outbox.metrics.messages_in += 1;
+                match &ws.endpoint {
+                    Endpoint::Echo => Outgoing::Frame(kind.opcode(), payload),
+                    Endpoint::Chat { room, member } => {
+                        break match chat::text_message(kind, payload) {
+                            Ok(text) => {
+                                let frame = chat::message_frame(room, member, text, unix_millis());
+                                Next::Broadcast(Rc::clone(room), frame)
+                            }
+                            Err(error) => {
+                                let send_close = ws.session.fail();
+                                fail(conn, key, error, send_close, outbox)
+                            }
+                        }
+                    }
+                }
+            }
+            Action::Reply(opcode, payload) => Outgoing::Frame(opcode, payload),
+            Action::PeerClosed {
+                code,
+                reason,
+                answer,
+            } => {
+                let code_text = code.map_or("no code".to_string(), |c| c.to_string());
+                info!("{} [{key}] sent close {code_text} {reason:?}", conn.peer);
+                let received = code.unwrap_or(CloseCode::NO_STATUS);
+                metrics::count(&mut outbox.metrics.closes_received, received.0);
+                if let Some(answer) = answer {
+                    push_close(conn, key, answer, "", outbox);
+                }
+                break Next::Closed;
+            }
+            Action::Fail { error, send_close } => break fail(conn, key, error, send_close, outbox),
+        };
+        if !push_frame(&mut conn.socket, &mut conn.output, reply, outbox) {
+            break Next::SlowReader;
+        }
+        replied = true;
+    };
+    if replied {
+        push_flush(conn, key, outbox.pending);
+    }
+    next
 }
 
 /// Fails the connection (§7.1.7): our close frame with the error's code, unless
