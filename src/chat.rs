@@ -12,7 +12,7 @@
 
 use crate::frame::{self, OpCode};
 use crate::message::{CloseCode, MessageKind, ProtocolError};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write;
 use std::rc::Rc;
 
@@ -71,6 +71,9 @@ pub struct HistoryLimits {
     pub bytes: usize,
     /// Rooms without members whose history is kept (the most recently emptied).
     pub idle_rooms: usize,
+    /// Bytes of history kept over all rooms: past it, the least recently active
+    /// rooms give up their oldest messages first.
+    pub total_bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +82,8 @@ struct Room {
     /// The last messages, oldest first, as the frames that were broadcast.
     history: VecDeque<SharedFrame>,
     history_bytes: usize,
+    /// When a message was last kept here, on the chat's activity clock (0: never).
+    active_at: u64,
 }
 
 /// Every room and its members.
@@ -89,6 +94,12 @@ pub struct Chat {
     /// forgotten. Memory is thus bounded by the members plus a constant.
     idle: VecDeque<Rc<str>>,
     limits: HistoryLimits,
+    /// Bytes of history over all rooms.
+    history_total: usize,
+    /// Rooms that keep history, least recently active first, by `Room::active_at`.
+    by_activity: BTreeMap<u64, Rc<str>>,
+    /// The activity clock: one tick per message kept.
+    clock: u64,
 }
 
 impl Chat {
@@ -97,6 +108,9 @@ impl Chat {
             rooms: HashMap::new(),
             idle: VecDeque::new(),
             limits,
+            history_total: 0,
+            by_activity: BTreeMap::new(),
+            clock: 0,
         }
     }
 
@@ -104,6 +118,11 @@ impl Chat {
     #[cfg(test)]
     pub fn online(&self, room: &str) -> usize {
         self.rooms.get(room).map_or(0, |r| r.members.len())
+    }
+
+    /// Bytes of history kept over all rooms.
+    pub fn history_bytes(&self) -> usize {
+        self.history_total
     }
 
     /// Number of rooms with members.
@@ -137,21 +156,70 @@ impl Chat {
     /// Keeps a frame made by [`message_frame`] for the room's history and returns
     /// who must get it: every member of `room`, the sender included.
     pub fn publish(&mut self, room_name: &str, frame: &SharedFrame) -> &[ConnectionKey] {
-        let Some(room) = self.rooms.get_mut(room_name) else {
-            return &[];
+        let keep = self.limits.messages > 0
+            && frame.len() <= self.limits.bytes.min(self.limits.total_bytes);
+        if keep && self.rooms.contains_key(room_name) {
+            self.keep_in_history(room_name, frame);
+        }
+        self.rooms.get(room_name).map_or(&[], |room| &room.members)
+    }
+
+    /// Appends `frame` to the room's history within the room's bounds and the
+    /// global one, and marks the room as the most recently active.
+    fn keep_in_history(&mut self, room_name: &str, frame: &SharedFrame) {
+        let Some((name, _)) = self.rooms.get_key_value(room_name) else {
+            return;
         };
-        if self.limits.messages > 0 && frame.len() <= self.limits.bytes {
-            room.history_bytes += frame.len();
-            room.history.push_back(Rc::clone(frame));
-            while room.history.len() > self.limits.messages
-                || room.history_bytes > self.limits.bytes
-            {
-                if let Some(old) = room.history.pop_front() {
+        let name = Rc::clone(name);
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        self.by_activity.remove(&room.active_at);
+        self.clock += 1;
+        room.active_at = self.clock;
+        self.by_activity.insert(self.clock, name);
+        room.history_bytes += frame.len();
+        room.history.push_back(Rc::clone(frame));
+        self.history_total += frame.len();
+        while room.history.len() > self.limits.messages || room.history_bytes > self.limits.bytes {
+            if let Some(old) = room.history.pop_front() {
+                room.history_bytes -= old.len();
+                self.history_total -= old.len();
+            }
+        }
+        self.enforce_history_budget();
+    }
+
+    /// Gives up history, oldest messages of the least recently active rooms
+    /// first, until the total is within `total_bytes`.
+    fn enforce_history_budget(&mut self) {
+        while self.history_total > self.limits.total_bytes {
+            let Some((&stamp, name)) = self.by_activity.first_key_value() else {
+                return;
+            };
+            let Some(room) = self.rooms.get_mut(name) else {
+                self.by_activity.remove(&stamp);
+                continue;
+            };
+            match room.history.pop_front() {
+                Some(old) => {
                     room.history_bytes -= old.len();
+                    self.history_total -= old.len();
+                }
+                None => {
+                    room.active_at = 0;
+                    self.by_activity.remove(&stamp);
                 }
             }
         }
-        &room.members
+    }
+
+    /// Forgets a room, and its history.
+    fn forget_room(&mut self, room_name: &str) {
+        if let Some(room) = self.rooms.remove(room_name) {
+            self.history_total -= room.history_bytes;
+            self.by_activity.remove(&room.active_at);
+        }
     }
 
     /// Removes `member` from `room`, if it is there; the members left get a leave
@@ -165,7 +233,7 @@ impl Chat {
             self.idle.push_back(Rc::clone(room_name));
             if self.idle.len() > self.limits.idle_rooms {
                 if let Some(oldest) = self.idle.pop_front() {
-                    self.rooms.remove(&oldest);
+                    self.forget_room(&oldest);
                 }
             }
             return None;
@@ -311,6 +379,7 @@ mod tests {
         messages: 50,
         bytes: 64 * 1024,
         idle_rooms: 2,
+        total_bytes: 1 << 20,
     };
 
     fn member(key: ConnectionKey, id: u64, name: &str) -> Member {
@@ -429,6 +498,54 @@ mod tests {
         assert_eq!(log.to(2).len(), 2);
         assert_eq!(log.to(3).len(), 3);
         assert_eq!(chat.room_count(), 2);
+    }
+
+    #[test]
+    fn the_history_budget_gives_up_the_least_recently_active_rooms_first() {
+        let ann = member(1, 1, "ann");
+        let one = message_frame("r0", &ann, "x", 0).len();
+        let mut chat = Chat::new(HistoryLimits {
+            total_bytes: 10 * one,
+            ..LIMITS
+        });
+        let mut log = Log(Vec::new());
+        let rooms: Vec<Rc<str>> = (0..3).map(|i| room(&format!("r{i}"))).collect();
+        for (i, r) in rooms.iter().enumerate() {
+            log.join(&mut chat, r, &member(i, i as u64, "m"), 0);
+        }
+        let say = |chat: &mut Chat, log: &mut Log, r: &Rc<str>| {
+            log.publish(chat, r, message_frame(r, &ann, "x", 0));
+        };
+        // 4 messages in each room, in turn: 12 for a budget of 10, so the least
+        // recently active room, r0, gives up its 2 oldest.
+        for r in &rooms {
+            for _ in 0..4 {
+                say(&mut chat, &mut log, r);
+            }
+        }
+        let kept = |chat: &Chat, r: &str| chat.rooms[r].history.len();
+        assert_eq!([0, 1, 2].map(|i| kept(&chat, &format!("r{i}"))), [2, 4, 4]);
+        // r0 speaks again: now r1 is the least recently active, and pays.
+        say(&mut chat, &mut log, &rooms[0]);
+        assert_eq!([0, 1, 2].map(|i| kept(&chat, &format!("r{i}"))), [3, 3, 4]);
+        assert_eq!(chat.history_bytes(), 10 * one);
+        let total: usize = chat.rooms.values().map(|r| r.history_bytes).sum();
+        assert_eq!(total, chat.history_bytes());
+    }
+
+    #[test]
+    fn a_forgotten_room_gives_its_history_back_to_the_budget() {
+        let mut chat = Chat::new(LIMITS); // two idle rooms kept
+        let mut log = Log(Vec::new());
+        let ann = member(1, 1, "ann");
+        for name in ["a", "b", "c"] {
+            let r = room(name);
+            log.join(&mut chat, &r, &ann, 0);
+            log.publish(&mut chat, name, message_frame(name, &ann, name, 0));
+            log.leave(&mut chat, &r, &ann, 0);
+        }
+        let frame_len = message_frame("a", &ann, "a", 0).len();
+        assert_eq!(chat.history_bytes(), 2 * frame_len);
     }
 
     #[test]

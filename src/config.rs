@@ -20,8 +20,22 @@ pub struct Config {
     /// `--ping-interval`: how often each WebSocket peer is pinged; a peer that has
     /// not answered the previous ping by the next one is dropped.
     pub ping_interval: Duration,
-    /// `--max-message-size`: the largest message accepted, in bytes (close 1009).
+    /// `--max-message-size`: the largest message accepted on `/echo`, in bytes
+    /// (close 1009).
     pub max_message_size: usize,
+    /// `--max-chat-message-size`: the largest message accepted on `/chat`
+    /// (close 1009): chat-sized, as a chat message is kept in history and sent
+    /// to every member.
+    pub max_chat_message_size: usize,
+    /// `--input-budget`: bytes held for unfinished messages over all connections;
+    /// past it the largest holder is closed with 1013 (Try Again Later).
+    pub input_budget: usize,
+    /// `--message-timeout`: time a message may take from its first byte, before
+    /// the `--message-min-rate` extension (close 1008 when crossed).
+    pub message_timeout: Duration,
+    /// `--message-min-rate`: bytes per second that earn a message in progress one
+    /// more second (0: none; the timeout alone bounds a message).
+    pub message_min_rate: usize,
     /// `--max-output`: bytes queued for one peer beyond which it is a slow reader
     /// and is disconnected (close 1008).
     pub max_output: usize,
@@ -45,6 +59,13 @@ pub struct Config {
     pub history_bytes: usize,
     /// `--idle-rooms`: rooms without members whose history is kept.
     pub idle_rooms: usize,
+    /// `--history-budget`: bytes of history kept over all rooms; past it the
+    /// least recently active rooms' history goes first.
+    pub history_budget: usize,
+    /// `--max-connections-per-ip`: open connections from one address beyond
+    /// which new ones get 503. `None` (the default): no such limit, so that load
+    /// tests from one machine work.
+    pub max_connections_per_ip: Option<usize>,
     /// `--allowed-origin` (repeatable): browser origins allowed besides the
     /// server's own; `*` allows all.
     pub allowed_origins: Vec<String>,
@@ -60,6 +81,10 @@ impl Default for Config {
             log_level: log::LevelFilter::Info,
             ping_interval: Duration::from_secs(30),
             max_message_size: 1 << 20,
+            max_chat_message_size: 64 * 1024,
+            input_budget: 64 << 20,
+            message_timeout: Duration::from_secs(10),
+            message_min_rate: 1024,
             max_output: 1 << 20,
             max_header_bytes: 8 * 1024,
             max_headers: 64,
@@ -69,6 +94,8 @@ impl Default for Config {
             history: 50,
             history_bytes: 64 * 1024,
             idle_rooms: 64,
+            history_budget: 32 << 20,
+            max_connections_per_ip: None,
             allowed_origins: Vec::new(),
             shutdown_timeout: Duration::from_secs(2),
         }
@@ -91,7 +118,16 @@ OPTIONS:
     --log-level LEVEL         off|error|warn|info|debug|trace [default: info, or RUST_LOG]
     --ping-interval DUR       ping every peer this often; no pong by the next ping
                               drops it [default: 30s]
-    --max-message-size SIZE   largest message accepted; larger gets close 1009 [default: 1MiB]
+    --max-message-size SIZE   largest message on /echo; larger gets close 1009 [default: 1MiB]
+    --max-chat-message-size SIZE
+                              largest message on /chat; larger gets close 1009 [default: 64KiB]
+    --input-budget SIZE       bytes held for unfinished messages over all connections;
+                              past it the largest holder gets close 1013 [default: 64MiB]
+    --message-timeout DUR     time a message may take from its first byte, plus one
+                              second per --message-min-rate bytes received; slower
+                              gets close 1008 [default: 10s]
+    --message-min-rate SIZE   bytes per second that earn a message more time
+                              (0: none) [default: 1KiB]
     --max-output SIZE         bytes queued for one peer before it is dropped as a
                               slow reader with close 1008 [default: 1MiB]
     --max-header-bytes SIZE   largest request head; larger gets 431 [default: 8KiB]
@@ -104,6 +140,11 @@ OPTIONS:
     --history N               chat messages replayed to a newcomer [default: 50]
     --history-bytes SIZE      bytes of history kept per room [default: 64KiB]
     --idle-rooms N            rooms without members whose history is kept [default: 64]
+    --history-budget SIZE     bytes of history kept over all rooms; the least
+                              recently active rooms' go first [default: 32MiB]
+    --max-connections-per-ip N
+                              open connections from one address before new ones
+                              get 503 [default: no limit]
     --allowed-origin ORIGIN   allow browser pages from ORIGIN (repeatable; * for any)
                               [default: only the server's own origin]
     --shutdown-timeout DUR    time to flush close frames on SIGINT/SIGTERM [default: 2s]
@@ -167,6 +208,16 @@ where
             }
             "--ping-interval" => config.ping_interval = positive_duration(&flag, &value()?)?,
             "--max-message-size" => config.max_message_size = positive_size(&flag, &value()?)?,
+            "--max-chat-message-size" => {
+                config.max_chat_message_size = positive_size(&flag, &value()?)?
+            }
+            "--input-budget" => config.input_budget = positive_size(&flag, &value()?)?,
+            "--message-timeout" => config.message_timeout = positive_duration(&flag, &value()?)?,
+            "--message-min-rate" => config.message_min_rate = size(&flag, &value()?)?,
+            "--history-budget" => config.history_budget = size(&flag, &value()?)?,
+            "--max-connections-per-ip" => {
+                config.max_connections_per_ip = Some(positive_count(&flag, &value()?)?)
+            }
             "--max-output" => config.max_output = positive_size(&flag, &value()?)?,
             "--max-header-bytes" => config.max_header_bytes = positive_size(&flag, &value()?)?,
             "--max-headers" => config.max_headers = positive_count(&flag, &value()?)?,
@@ -243,6 +294,14 @@ fn positive_duration(flag: &str, value: &str) -> Result<Duration, String> {
 
 fn positive_size(flag: &str, value: &str) -> Result<usize, String> {
     parse_size(value).ok_or_else(|| format!("{flag}: not a positive size: {value:?}"))
+}
+
+/// A size that may be zero (a limit that 0 turns off).
+fn size(flag: &str, value: &str) -> Result<usize, String> {
+    match value.trim() {
+        "0" => Ok(0),
+        v => positive_size(flag, v),
+    }
 }
 
 fn count(flag: &str, value: &str) -> Result<usize, String> {

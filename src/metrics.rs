@@ -30,6 +30,12 @@ pub struct Metrics {
     pub handshake_timeouts: u64,
     pub pong_timeouts: u64,
     pub pings_sent: u64,
+    /// Refused with 503 at `--max-connections-per-ip`.
+    pub connections_refused_per_ip: u64,
+    /// Closed with 1013 for the global `--input-budget`.
+    pub input_budget_closes: u64,
+    /// Closed with 1008 for a message that did not arrive in time.
+    pub message_timeouts: u64,
     /// Close frames the server sent, by code.
     pub closes_sent: BTreeMap<u16, u64>,
     /// Close frames the server received, by code (1005: none given; 1006: the
@@ -47,6 +53,10 @@ pub struct Gauges {
     pub closing: usize,
     pub max_connections: usize,
     pub rooms: usize,
+    /// Bytes held for unfinished messages over all connections.
+    pub input_held_bytes: usize,
+    /// Bytes of chat history kept over all rooms.
+    pub history_bytes: usize,
 }
 
 impl Metrics {
@@ -77,6 +87,16 @@ impl Metrics {
             &[("", gauges.max_connections)],
         );
         gauge("rooms", "Chat rooms with members.", &[("", gauges.rooms)]);
+        gauge(
+            "input_held_bytes",
+            "Bytes held for unfinished messages over all connections (--input-budget).",
+            &[("", gauges.input_held_bytes)],
+        );
+        gauge(
+            "history_bytes",
+            "Bytes of chat history kept over all rooms (--history-budget).",
+            &[("", gauges.history_bytes)],
+        );
 
         let counters: [(&str, &str, u64); 14] = [
             (
@@ -176,6 +196,21 @@ impl Metrics {
             for (key, value) in map {
                 let _ = writeln!(out, "loopchat_{name}{{{label}=\"{key}\"}} {value}");
             }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP loopchat_limit_refusals_total Connections refused or closed by a global limit, by limit.\n# TYPE loopchat_limit_refusals_total counter"
+        );
+        for (limit, value) in [
+            ("max_connections", self.connections_refused),
+            ("max_connections_per_ip", self.connections_refused_per_ip),
+            ("input_budget", self.input_budget_closes),
+            ("message_timeout", self.message_timeouts),
+        ] {
+            let _ = writeln!(
+                out,
+                "loopchat_limit_refusals_total{{limit=\"{limit}\"}} {value}"
+            );
         }
         out
     }

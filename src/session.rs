@@ -73,6 +73,8 @@ pub enum Tick {
     PongTimeout,
     /// We sent our close frame and the peer's did not come in time.
     CloseTimeout,
+    /// A message started arriving and did not finish in time (`MessagePace`).
+    MessageTimeout,
 }
 
 /// One WebSocket peer's protocol state.
@@ -86,6 +88,19 @@ pub struct Session {
     deadline: Instant,
     /// Our last ping has not been answered yet.
     awaiting_pong: bool,
+    /// While a message is arriving: when it must be complete. Set when its first
+    /// bytes arrive, and pushed back by each read in proportion to the bytes it
+    /// brought, so a steady sender finishes however large its message, and a
+    /// trickle does not.
+    message_deadline: Option<Instant>,
+}
+
+/// How long a message may take to arrive: `grace` from its first byte, plus one
+/// second for every `min_rate` bytes received (0: no extension).
+#[derive(Debug, Clone, Copy)]
+pub struct MessagePace {
+    pub grace: Duration,
+    pub min_rate: usize,
 }
 
 impl Session {
@@ -96,6 +111,7 @@ impl Session {
             state: CloseState::Open,
             deadline: now + ping_interval,
             awaiting_pong: false,
+            message_deadline: None,
         }
     }
 
@@ -113,6 +129,37 @@ impl Session {
     /// was found invalid. A TCP close before either is abnormal (1006).
     pub fn input_finished(&self) -> bool {
         self.receiver.is_finished()
+    }
+
+    /// Bytes of memory held for input still arriving.
+    pub fn buffered(&self) -> usize {
+        self.receiver.buffered()
+    }
+
+    /// Gives up the peer's input and frees its buffers: the connection is being
+    /// failed from outside (the server's input budget). Returns whether our close
+    /// frame is still due.
+    pub fn discard_input(&mut self) -> bool {
+        self.receiver.discard();
+        self.message_deadline = None;
+        self.fail()
+    }
+
+    /// Called after each read of `len` bytes, once they were all taken: starts,
+    /// extends or clears the deadline of the message in progress.
+    pub fn after_input(&mut self, now: Instant, len: usize, pace: MessagePace) {
+        if !self.receiver.in_message() {
+            self.message_deadline = None;
+            return;
+        }
+        let extension = match pace.min_rate {
+            0 => Duration::ZERO,
+            rate => Duration::from_secs_f64(len as f64 / rate as f64),
+        };
+        self.message_deadline = Some(match self.message_deadline {
+            None => now + pace.grace + extension,
+            Some(deadline) => deadline + extension,
+        });
     }
 
     /// Reads from `input` until one thing is complete or the input is used up.
@@ -175,6 +222,9 @@ impl Session {
     /// The heartbeat and the close deadline, checked once per timer tick.
     pub fn on_tick(&mut self, now: Instant, ping_interval: Duration) -> Tick {
         match self.state {
+            CloseState::Open if self.message_deadline.is_some_and(|d| d <= now) => {
+                Tick::MessageTimeout
+            }
             _ if self.deadline > now => Tick::Idle,
             CloseState::Open if self.awaiting_pong => Tick::PongTimeout,
             CloseState::Open => {
@@ -322,6 +372,76 @@ mod tests {
         assert_eq!(session.on_tick(due, PING_INTERVAL), Tick::Ping);
         let next = due + PING_INTERVAL;
         assert_eq!(session.on_tick(next, PING_INTERVAL), Tick::PongTimeout);
+    }
+
+    // ---- Open: the message deadline ----------------------------------------------
+
+    const PACE: MessagePace = MessagePace {
+        grace: Duration::from_secs(10),
+        min_rate: 1000,
+    };
+
+    #[test]
+    fn a_trickled_message_times_out_after_the_grace() {
+        let (mut session, start) = open_session();
+        let frame = client_frame(0x1, &[b'a'; 100]);
+        let mut now = start;
+        for byte in &frame[..50] {
+            feed(&mut session, vec![*byte]);
+            session.after_input(now, 1, PACE);
+            now += Duration::from_secs(1);
+            assert_eq!(
+                session.on_tick(now - Duration::from_millis(1), PING_INTERVAL)
+                    == Tick::MessageTimeout,
+                now - start > Duration::from_secs(10)
+            );
+        }
+    }
+
+    #[test]
+    fn a_steady_sender_earns_time_in_proportion_to_its_bytes() {
+        let start = Instant::now();
+        let mut session = Session::new(1 << 30, start, PING_INTERVAL);
+        let mut frame = vec![0x82, 0x80 | 127];
+        frame.extend_from_slice(&(1_000_000u64).to_be_bytes());
+        frame.extend_from_slice(&MASK);
+        assert!(feed(&mut session, frame).is_empty());
+        session.after_input(start, 14, PACE);
+        // 2,000 bytes a second against a minimum of 1,000: never late.
+        for second in 1..60 {
+            assert!(feed(&mut session, vec![0; 2000]).is_empty());
+            let now = start + Duration::from_secs(second);
+            session.after_input(now, 2000, PACE);
+            assert_ne!(
+                session.on_tick(now, PING_INTERVAL * 10),
+                Tick::MessageTimeout
+            );
+        }
+    }
+
+    #[test]
+    fn a_finished_message_clears_its_deadline() {
+        let (mut session, start) = open_session();
+        let frame = client_frame(0x1, b"hello");
+        feed(&mut session, frame[..3].to_vec());
+        session.after_input(start, 3, PACE);
+        feed(&mut session, frame[3..].to_vec());
+        session.after_input(start, frame.len() - 3, PACE);
+        let late = start + Duration::from_secs(20);
+        assert_ne!(session.on_tick(late, PING_INTERVAL), Tick::MessageTimeout);
+    }
+
+    #[test]
+    fn discarding_input_frees_it_and_closes() {
+        let (mut session, _) = open_session();
+        let mut frame = vec![0x82, 0x80 | 126, 0x03, 0xE8]; // 1,000 bytes announced
+        frame.extend_from_slice(&MASK);
+        frame.extend(vec![0; 500]);
+        assert!(feed(&mut session, frame).is_empty());
+        assert!(session.buffered() >= 500);
+        assert!(session.discard_input());
+        assert_eq!(session.buffered(), 0);
+        assert_eq!(session.state(), CloseState::Closed);
     }
 
     // ---- CloseSent: we started the handshake -----------------------------------------

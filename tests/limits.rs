@@ -343,7 +343,10 @@ fn header_only(fin: bool, opcode: u8, len: u64) -> Vec<u8> {
 
 #[test]
 fn a_message_over_max_message_size_gets_1009_from_its_header_alone() {
-    let server = start(config_with(|c| c.max_message_size = 1000));
+    let server = start(config_with(|c| {
+        c.max_message_size = 1000;
+        c.max_chat_message_size = 500;
+    }));
     let addr = server.addr;
 
     let mut at_limit = Raw::websocket(addr, "/echo");
@@ -369,9 +372,9 @@ fn a_message_over_max_message_size_gets_1009_from_its_header_alone() {
     fragmented.send(&header_only(true, op::CONTINUATION, 401));
     assert_eq!(fragmented.read_until_close().1, Some(1009));
 
-    // The chat applies the same limit.
+    // The chat has its own, smaller limit (--max-chat-message-size).
     let mut chat = Raw::websocket(addr, "/chat/size");
-    chat.send(&header_only(true, op::TEXT, 1001));
+    chat.send(&header_only(true, op::TEXT, 501));
     let (_, code) = chat.read_until_close();
     assert_eq!(code, Some(1009));
 

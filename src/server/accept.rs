@@ -66,8 +66,13 @@ impl Server {
     /// Registers a new connection, or refuses it with 503 past the limit.
     fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr) {
         self.metrics.connections_accepted += 1;
-        if self.connections.len() >= self.max_connections {
-            self.metrics.connections_refused += 1;
+        let full = self.connections.len() >= self.max_connections;
+        if full || !self.admit_address(peer.ip()) {
+            if full {
+                self.metrics.connections_refused += 1;
+            } else {
+                self.metrics.connections_refused_per_ip += 1;
+            }
             self.refused_unlogged += 1;
             metrics::count(&mut self.metrics.http_errors, 503);
             self.metrics.bytes_out += refuse(&mut socket) as u64;
@@ -82,6 +87,7 @@ impl Server {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             warn!("{peer}: cannot register socket: {e}");
+            self.release_address(peer.ip());
             return;
         }
         let deadline = Instant::now() + self.config.handshake_timeout;

@@ -51,6 +51,10 @@ impl Server {
             self.drop_connection(key, "closed");
             return;
         }
+        self.forget_input(key); // limits.rs: the session goes with its phase
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
         conn.phase = Phase::Draining;
         conn.input = Vec::new();
         conn.deadline = Some(Instant::now() + self.config.close_timeout);
@@ -75,8 +79,10 @@ impl Server {
     pub(super) fn close_deferred(&mut self) {
         for key in std::mem::take(&mut self.pending.doomed) {
             if self.connections.get(key).is_some_and(|c| c.doomed) {
+                self.forget_input(key); // limits.rs
                 let mut conn = self.connections.remove(key);
                 let _ = self.poll.registry().deregister(&mut conn.socket);
+                self.release_address(conn.peer.ip()); // limits.rs
             }
         }
     }

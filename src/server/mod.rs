@@ -20,6 +20,7 @@
 mod accept;
 mod closing;
 mod handle;
+mod limits;
 mod reading;
 mod requests;
 mod rooms;
@@ -40,9 +41,9 @@ use mio::net::TcpListener;
 use mio::{event::Event, Events, Interest, Poll, Token, Waker};
 use reading::ReadUntil;
 use slab::Slab;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -90,6 +91,10 @@ pub struct Server {
     /// The listener may have connections we have not accepted yet.
     accept_ready: bool,
     accept_paused_until: Option<Instant>,
+    /// Bytes held for unfinished messages over all connections (`limits.rs`).
+    input_held: usize,
+    /// Open connections by address, when `--max-connections-per-ip` is set.
+    connections_per_ip: HashMap<IpAddr, usize>,
     /// The id the next chat member gets (never reused, unlike slab keys).
     next_member_id: u64,
     /// Refusals since the last log line about them (logged once per tick).
@@ -136,8 +141,11 @@ impl Server {
                 messages: config.history,
                 bytes: config.history_bytes,
                 idle_rooms: config.idle_rooms,
+                total_bytes: config.history_budget,
             }),
             next_member_id: 1,
+            input_held: 0,
+            connections_per_ip: HashMap::new(),
             config,
             max_connections,
             connections: Slab::new(),
@@ -260,6 +268,8 @@ impl Server {
         let mut gauges = Gauges {
             max_connections: self.max_connections,
             rooms: self.chat.room_count(),
+            input_held_bytes: self.input_held,
+            history_bytes: self.chat.history_bytes(),
             ..Gauges::default()
         };
         for (_, conn) in self.connections.iter() {

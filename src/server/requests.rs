@@ -177,7 +177,11 @@ impl Server {
             .push_owned(|out| out.extend_from_slice(&response));
         conn.deadline = None;
         let now = Instant::now();
-        let session = Session::new(self.config.max_message_size, now, self.config.ping_interval);
+        let max_message_size = match endpoint {
+            Endpoint::Echo => self.config.max_message_size,
+            Endpoint::Chat { .. } => self.config.max_chat_message_size,
+        };
+        let session = Session::new(max_message_size, now, self.config.ping_interval);
         conn.phase = Phase::WebSocket(WebSocket {
             endpoint: endpoint.clone(),
             session,

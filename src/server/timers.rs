@@ -33,6 +33,7 @@ pub(super) fn tick_interval(config: &Config) -> Duration {
 enum Due {
     Expired(&'static str),
     Ping,
+    MessageTimeout,
 }
 
 impl Server {
@@ -76,6 +77,7 @@ impl Server {
                     Tick::CloseTimeout => {
                         due.push((key, Due::Expired("no close frame from the peer in time")))
                     }
+                    Tick::MessageTimeout => due.push((key, Due::MessageTimeout)),
                 }
             }
         }
@@ -83,6 +85,7 @@ impl Server {
             match what {
                 Due::Expired(reason) => self.drop_connection(key, reason), // closing.rs
                 Due::Ping => self.ping(key),
+                Due::MessageTimeout => self.message_timed_out(key), // limits.rs
             }
         }
     }

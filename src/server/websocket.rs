@@ -3,6 +3,7 @@
 //! a pong, the answer to the peer's close, or a failed connection (RFC 6455 §5.5,
 //! §7.1.7).
 
+use super::limits::input_held_by;
 use super::writes::{close_slow_reader, push_close, push_flush, push_frame, Outbox, Outgoing};
 use super::{unix_millis, Server};
 use crate::chat::{self, SharedFrame};
@@ -27,8 +28,16 @@ enum Next {
 }
 
 impl Server {
-    /// Feeds frame bytes to the connection's session and acts on each action.
+    /// Feeds frame bytes to the connection's session and acts on each action,
+    /// then accounts for the input it holds (`limits.rs`).
     pub(super) fn on_websocket_bytes(&mut self, key: usize, bytes: &mut [u8]) {
+        let held_before = self.connections.get(key).map_or(0, input_held_by);
+        self.take_websocket_input(key, bytes);
+        self.account_input(key, held_before, bytes.len());
+    }
+
+    /// Feeds frame bytes to the session; acts on each action.
+    fn take_websocket_input(&mut self, key: usize, bytes: &mut [u8]) {
         let mut pos = 0;
         loop {
             let Some((conn, mut outbox)) = self.connection_and_outbox(key) else {
