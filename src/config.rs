@@ -71,6 +71,12 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// `--shutdown-timeout`: on SIGINT/SIGTERM, how long to flush close frames.
     pub shutdown_timeout: Duration,
+    /// `--permessage-deflate`: offer RFC 7692 compression to clients that ask.
+    pub permessage_deflate: bool,
+    /// `--deflate-min-size`: messages shorter than this go out uncompressed.
+    pub deflate_min_size: usize,
+    /// `--deflate-level`: 1 (fastest) to 9 (smallest).
+    pub deflate_level: u32,
 }
 
 impl Default for Config {
@@ -98,6 +104,9 @@ impl Default for Config {
             max_connections_per_ip: None,
             allowed_origins: Vec::new(),
             shutdown_timeout: Duration::from_secs(2),
+            permessage_deflate: false,
+            deflate_min_size: 256,
+            deflate_level: 1,
         }
     }
 }
@@ -148,6 +157,10 @@ OPTIONS:
     --allowed-origin ORIGIN   allow browser pages from ORIGIN (repeatable; * for any)
                               [default: only the server's own origin]
     --shutdown-timeout DUR    time to flush close frames on SIGINT/SIGTERM [default: 2s]
+    --permessage-deflate      compress messages for clients that offer it (RFC 7692)
+                              [default: off]
+    --deflate-min-size SIZE   messages shorter than this go out uncompressed [default: 256]
+    --deflate-level N         1 (fastest) to 9 (smallest) [default: 1]
     -h, --help                print this help
 
 DUR is seconds (\"30\", \"0.5\", \"30s\") or milliseconds (\"250ms\").
@@ -231,6 +244,20 @@ where
             "--idle-rooms" => config.idle_rooms = count(&flag, &value()?)?,
             "--allowed-origin" => config.allowed_origins.push(value()?),
             "--shutdown-timeout" => config.shutdown_timeout = positive_duration(&flag, &value()?)?,
+            "--permessage-deflate" if cfg!(feature = "deflate") => config.permessage_deflate = true,
+            "--permessage-deflate" => {
+                return Err(format!(
+                    "{flag}: this loopchat was built without the `deflate` feature"
+                ))
+            }
+            "--deflate-min-size" => config.deflate_min_size = size(&flag, &value()?)?,
+            "--deflate-level" => {
+                let v = value()?;
+                config.deflate_level = match v.trim().parse() {
+                    Ok(level @ 1..=9) => level,
+                    _ => return Err(bad("not a level from 1 to 9", &v)),
+                };
+            }
             _ => return Err(format!("unknown option {arg:?} (see --help)")),
         }
     }

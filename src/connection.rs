@@ -10,6 +10,7 @@
 //! decides; this module holds the state.
 
 use crate::chat::Member;
+use crate::deflate::Agreement;
 use crate::output::OutputQueue;
 use crate::session::Session;
 use mio::net::TcpStream;
@@ -47,6 +48,8 @@ pub enum Endpoint {
 pub struct WebSocket {
     pub endpoint: Endpoint,
     pub session: Session,
+    /// permessage-deflate, if agreed at the upgrade (RFC 7692).
+    pub deflate: Option<Agreement>,
 }
 
 /// What to do once the write queue is empty.

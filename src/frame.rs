@@ -1,18 +1,44 @@
 //! The WebSocket frame wire format: header decoding and encoding, and masking.
 //!
 //! Implements RFC 6455 §5.2 (base framing protocol) and §5.3 (client-to-server
-//! masking). Read §5.2 first: its ASCII diagram is the map of this file. This module
-//! is sans-IO: bytes in, values out. Decoding never panics, whatever the input, and
-//! returns `Ok(None)` ("not enough bytes yet") without consuming anything, so every
-//! rule is a unit test on a byte slice.
+//! masking), and RFC 7692 §6's use of RSV1. §5.2's diagram is the map of this
+//! file; each field has a named constant below:
+//!
+//! ```text
+//!  0                   1                   2                   3
+//!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+//! +-+-+-+-+-------+-+-------------+-------------------------------+
+//! |F|R|R|R| opcode|M| Payload len |    Extended payload length    |
+//! |I|S|S|S|  (4)  |A|     (7)     |             (16/64)           |
+//! |N|V|V|V|       |S|             |   (if payload len==126/127)   |
+//! | |1|2|3|       |K|             |                               |
+//! +-+-+-+-+-------+-+-------------+ - - - - - - - - - - - - - - - +
+//! |     Extended payload length continued, if payload len == 127  |
+//! + - - - - - - - - - - - - - - - +-------------------------------+
+//! |                               |Masking-key, if MASK set to 1  |
+//! +-------------------------------+-------------------------------+
+//! | Masking-key (continued)       |          Payload Data         |
+//! +-------------------------------- - - - - - - - - - - - - - - - +
+//! :                     Payload Data continued ...                :
+//! + - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - +
+//! |                     Payload Data continued ...                |
+//! +---------------------------------------------------------------+
+//! ```
+//!
+//! This module is sans-IO: bytes in, values out. Decoding never panics, whatever
+//! the input, and returns `Ok(None)` ("not enough bytes yet") without consuming
+//! anything, so every rule is a unit test on a byte slice.
 
 use std::fmt;
 
 /// Bit 7 of byte 0: this is the final fragment of a message (§5.2 "FIN").
 const FIN_BIT: u8 = 0b1000_0000;
 /// Bits 6..4 of byte 0: RSV1, RSV2, RSV3, which must be 0 unless an extension
-/// defines them (§5.2). We negotiate no extension.
+/// defines them (§5.2).
 const RSV_BITS: u8 = 0b0111_0000;
+/// RSV1, which permessage-deflate defines as "Per-Message Compressed" (RFC 7692
+/// §6): allowed only when that extension was negotiated.
+const RSV1_BIT: u8 = 0b0100_0000;
 /// Bits 3..0 of byte 0: the opcode.
 const OPCODE_BITS: u8 = 0b0000_1111;
 /// Bit 7 of byte 1: the payload is masked (§5.2 "MASK").
@@ -91,6 +117,9 @@ pub struct FrameHeader {
     /// an unmasked frame is an error, so this is never absent.
     pub mask: [u8; 4],
     pub payload_len: u64,
+    /// RSV1, "Per-Message Compressed" (RFC 7692 §6); only ever set when the
+    /// caller allowed it.
+    pub compressed: bool,
 }
 
 /// Why a header is not acceptable from a client. Every one of these is a protocol
@@ -145,10 +174,20 @@ impl fmt::Display for FrameError {
 /// `buf[header_len..]`. Errors are decided as early as the bytes allow: reserved
 /// bits and opcodes fail on the first byte.
 pub fn decode_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, FrameError> {
+    decode_header_with(buf, false)
+}
+
+/// [`decode_header`], with RSV1 allowed when `rsv1_allowed` (permessage-deflate
+/// was negotiated). Which frames may carry it is the message layer's rule.
+pub fn decode_header_with(
+    buf: &[u8],
+    rsv1_allowed: bool,
+) -> Result<Option<(FrameHeader, usize)>, FrameError> {
     let Some(&byte0) = buf.first() else {
         return Ok(None);
     };
-    if byte0 & RSV_BITS != 0 {
+    let allowed = if rsv1_allowed { RSV1_BIT } else { 0 };
+    if byte0 & RSV_BITS & !allowed != 0 {
         return Err(FrameError::ReservedBitsSet);
     }
     let opcode_bits = byte0 & OPCODE_BITS;
@@ -207,6 +246,7 @@ pub fn decode_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, FrameEr
         opcode,
         mask,
         payload_len,
+        compressed: byte0 & RSV1_BIT != 0,
     };
     Ok(Some((header, len_end + 4)))
 }
@@ -255,6 +295,30 @@ pub fn encode_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Appends a whole server frame whose payload is compressed (RSV1 set, RFC 7692
+/// §6: on the first and here only frame of a data message).
+pub fn encode_compressed_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    out.reserve(payload.len() + MAX_HEADER_LEN);
+    out.push(FIN_BIT | RSV1_BIT | opcode.bits());
+    push_length(out, 0, payload.len());
+    out.extend_from_slice(payload);
+}
+
+/// Whether a server frame made by this module is compressed (RSV1).
+pub fn is_compressed(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|b| b & RSV1_BIT != 0)
+}
+
+/// Where the payload of a whole server frame made by this module starts.
+pub fn server_payload(frame: &[u8]) -> &[u8] {
+    let start = match frame.get(1).map(|b| b & LEN7_BITS) {
+        Some(LEN7_MARKER_16) => 4,
+        Some(LEN7_MARKER_64) => 10,
+        _ => 2,
+    };
+    frame.get(start..).unwrap_or(&[])
+}
+
 /// XORs `buf` with the masking key (§5.3). `offset` is the position of `buf[0]`
 /// within the frame's payload, so a payload that arrives in pieces is unmasked
 /// piece by piece with the same result as all at once.
@@ -296,6 +360,7 @@ mod tests {
             opcode,
             mask,
             payload_len: len,
+            compressed: false,
         }
     }
 
@@ -370,6 +435,37 @@ mod tests {
         out.clear();
         encode_header(&mut out, true, OpCode::Binary, 65536);
         assert_eq!(out, [0x82, 0x7f, 0, 0, 0, 0, 0, 0x01, 0x00, 0x00]);
+    }
+
+    // ---- RSV1 and permessage-deflate (RFC 7692 §6) ----
+
+    #[test]
+    fn rsv1_is_an_error_unless_allowed_and_rsv2_rsv3_always_are() {
+        let frame = [0xC1, 0x81, 1, 2, 3, 4, 0]; // FIN, RSV1, text, masked, 1 byte
+        assert_eq!(decode_header(&frame), Err(FrameError::ReservedBitsSet));
+        let (h, n) = decode_header_with(&frame, true).unwrap().unwrap();
+        assert!(h.compressed);
+        assert_eq!(n, 6);
+        for rsv in [0x20, 0x10, 0x60] {
+            let frame = [0x81 | rsv, 0x80, 1, 2, 3, 4];
+            assert_eq!(
+                decode_header_with(&frame, true),
+                Err(FrameError::ReservedBitsSet)
+            );
+        }
+    }
+
+    #[test]
+    fn compressed_frames_carry_rsv1_and_payloads_are_found() {
+        let mut out = Vec::new();
+        encode_compressed_frame(&mut out, OpCode::Text, &[0xf2, 0x48]);
+        assert_eq!(out, [0xC1, 0x02, 0xf2, 0x48]);
+        assert_eq!(server_payload(&out), [0xf2, 0x48]);
+        for len in [0, 125, 126, 65535, 65536] {
+            out.clear();
+            encode_frame(&mut out, OpCode::Binary, &vec![7; len]);
+            assert_eq!(server_payload(&out).len(), len);
+        }
     }
 
     // ---- Incremental decoding ----

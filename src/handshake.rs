@@ -83,6 +83,7 @@ fn same_origin_as_host(origin: &str, host: &str) -> bool {
 pub(crate) fn accept_upgrade(
     request: &Request,
     origins: &OriginPolicy,
+    extensions: Option<&str>,
 ) -> Result<Vec<u8>, HttpError> {
     // 1. An HTTP/1.1 or higher GET request.
     if request.method != "GET" {
@@ -160,14 +161,18 @@ pub(crate) fn accept_upgrade(
     if !origins.allows(request.header("Origin"), host) {
         return Err(HttpError::new(Status::Forbidden, "Origin not allowed"));
     }
-    // No subprotocol and no extension is selected, so neither header is sent.
-    let response = format!(
+    // The extensions agreed (RFC 7692), in one header line.
+    let mut response = format!(
         "HTTP/1.1 101 Switching Protocols\r\n\
          Upgrade: websocket\r\n\
          Connection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n\r\n",
+         Sec-WebSocket-Accept: {}\r\n",
         accept_key(key)
     );
+    if let Some(extensions) = extensions {
+        response.push_str(&format!("Sec-WebSocket-Extensions: {extensions}\r\n"));
+    }
+    response.push_str("\r\n");
     Ok(response.into_bytes())
 }
 
@@ -208,7 +213,7 @@ Sec-WebSocket-Version: 13";
             Err(error) => error.status,
             Ok(parsed) => {
                 let (request, _) = parsed.expect("a complete request");
-                accept_upgrade(&request, &OriginPolicy::default())
+                accept_upgrade(&request, &OriginPolicy::default(), None)
                     .unwrap_err()
                     .status
             }
@@ -227,7 +232,7 @@ Sec-WebSocket-Version: 13";
 
     #[test]
     fn a_good_request_gets_101() {
-        let response = accept_upgrade(&request(GOOD), &OriginPolicy::default()).unwrap();
+        let response = accept_upgrade(&request(GOOD), &OriginPolicy::default(), None).unwrap();
         let text = String::from_utf8(response).unwrap();
         assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
@@ -239,7 +244,7 @@ Sec-WebSocket-Version: 13";
         let head = GOOD
             .replace("Upgrade: websocket", "upgrade: WebSocket")
             .replace("Connection: Upgrade", "CONNECTION: keep-alive, UPGRADE");
-        assert!(accept_upgrade(&request(&head), &OriginPolicy::default()).is_ok());
+        assert!(accept_upgrade(&request(&head), &OriginPolicy::default(), None).is_ok());
     }
 
     // ---- §4.2.1: each required field ----
@@ -338,7 +343,7 @@ Sec-WebSocket-Version: 13";
                 "{method} / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\nOrigin: {origin}\r\n\r\n"
             );
             if let Ok(Some((req, _))) = parse_request(head.as_bytes(), &mut 0, LIMITS) {
-                let _ = accept_upgrade(&req, &OriginPolicy::default());
+                let _ = accept_upgrade(&req, &OriginPolicy::default(), None);
             }
         }
     }

@@ -18,6 +18,7 @@
 mod chat;
 pub mod config;
 mod connection;
+mod deflate;
 pub mod frame;
 pub mod handshake;
 mod http;

@@ -100,6 +100,9 @@ impl MessageKind {
 pub enum Event<'a> {
     /// A complete message. For [`MessageKind::Text`] the payload is valid UTF-8.
     Message(MessageKind, &'a [u8]),
+    /// A complete message compressed with permessage-deflate (RFC 7692 §6), as it
+    /// came: still to be inflated (and, for text, checked for UTF-8) by the caller.
+    CompressedMessage(MessageKind, &'a [u8]),
     /// A ping; answer with a pong carrying the same payload (§5.5.2).
     Ping(&'a [u8]),
     /// A pong (§5.5.3).
@@ -154,6 +157,10 @@ pub struct Receiver {
     delivered: Option<OpCode>,
     /// A close frame was received or an error returned: accept nothing more.
     finished: bool,
+    /// permessage-deflate was negotiated: RSV1 may mark a message compressed.
+    compression: bool,
+    /// The message in progress is compressed (RSV1 on its first frame).
+    message_compressed: bool,
 }
 
 /// The most a frame header makes the receiver reserve before its payload arrives.
@@ -179,7 +186,16 @@ impl Receiver {
             control: Vec::new(),
             delivered: None,
             finished: false,
+            compression: false,
+            message_compressed: false,
         }
+    }
+
+    /// A receiver for a connection that negotiated permessage-deflate: RSV1 on
+    /// the first frame of a data message marks it compressed (RFC 7692 §6.1).
+    pub fn with_compression(mut self) -> Self {
+        self.compression = true;
+        self
     }
 
     /// Whether a close frame was received or the input was found invalid.
@@ -209,6 +225,7 @@ impl Receiver {
         self.message = Vec::new();
         self.control = Vec::new();
         self.message_kind = None;
+        self.message_compressed = false;
         self.header_len = 0;
         self.state = FrameState::Header;
         self.delivered = None;
@@ -244,6 +261,9 @@ impl Receiver {
                 let kind = self.message_kind.unwrap_or(MessageKind::Binary);
                 let payload = &mut input[start..consumed];
                 frame::apply_mask(payload, mask, 0);
+                if std::mem::take(&mut self.message_compressed) {
+                    return Ok((consumed, Some(Event::CompressedMessage(kind, payload))));
+                }
                 if kind == MessageKind::Text && !is_utf8(payload) {
                     self.finished = true;
                     return Err(ProtocolError::new(
@@ -265,7 +285,11 @@ impl Receiver {
                     }
                     _ => {
                         let kind = self.message_kind.unwrap_or(MessageKind::Binary);
-                        Event::Message(kind, &self.message)
+                        if std::mem::take(&mut self.message_compressed) {
+                            Event::CompressedMessage(kind, &self.message)
+                        } else {
+                            Event::Message(kind, &self.message)
+                        }
                     }
                 }
             }
@@ -300,7 +324,7 @@ impl Receiver {
                     // Usually the whole header is in `input` and is decoded where it
                     // lies; only a header split across reads is gathered first.
                     let (header, used) = if self.header_len == 0 {
-                        match frame::decode_header(&input[pos..])? {
+                        match frame::decode_header_with(&input[pos..], self.compression)? {
                             Some(found) => found,
                             None => {
                                 let rest = &input[pos..];
@@ -315,7 +339,10 @@ impl Receiver {
                         self.header[self.header_len..self.header_len + take]
                             .copy_from_slice(&input[pos..pos + take]);
                         let available = self.header_len + take;
-                        match frame::decode_header(&self.header[..available])? {
+                        match frame::decode_header_with(
+                            &self.header[..available],
+                            self.compression,
+                        )? {
                             None => {
                                 self.header_len = available;
                                 return Ok((input.len(), None));
@@ -377,6 +404,16 @@ impl Receiver {
 
     /// Checks a new frame against the message in progress (§5.4) and the size limit.
     fn start_frame(&mut self, header: FrameHeader) -> Result<(), ProtocolError> {
+        if header.compressed {
+            // RFC 7692 §6.1: only the first frame of a data message may say so.
+            if !matches!(header.opcode, OpCode::Text | OpCode::Binary) {
+                return Err(ProtocolError::new(
+                    CloseCode::PROTOCOL_ERROR,
+                    "RSV1 on a control or continuation frame",
+                ));
+            }
+            self.message_compressed = true;
+        }
         match header.opcode {
             OpCode::Continuation if self.message_kind.is_none() => Err(ProtocolError::new(
                 CloseCode::PROTOCOL_ERROR,
@@ -394,9 +431,16 @@ impl Receiver {
                 } else if header.opcode == OpCode::Binary {
                     self.message_kind = Some(MessageKind::Binary);
                 }
-                // Decided from the header, before a byte of payload is stored.
+                // Decided from the header, before a byte of payload is stored. A
+                // compressed message is held to the limit once inflated; its wire
+                // bytes get DEFLATE's worst-case overhead on top (stored blocks),
+                // so an incompressible message at the limit still passes.
                 let total = (self.message.len() as u64).saturating_add(header.payload_len);
-                if total > self.max_message_size as u64 {
+                let mut limit = self.max_message_size as u64;
+                if self.message_compressed {
+                    limit += limit / 1024 + 64;
+                }
+                if total > limit {
                     return Err(ProtocolError::new(
                         CloseCode::MESSAGE_TOO_BIG,
                         "message exceeds the size limit",
@@ -432,7 +476,8 @@ impl Receiver {
         let start = target.len();
         target.extend_from_slice(chunk);
         frame::apply_mask(&mut target[start..], header.mask, offset);
-        if !header.opcode.is_control() && self.message_kind == Some(MessageKind::Text) {
+        let text = self.message_kind == Some(MessageKind::Text) && !self.message_compressed;
+        if !header.opcode.is_control() && text {
             self.check_utf8(false)?;
         }
         Ok(())
@@ -446,7 +491,7 @@ impl Receiver {
         if !header.fin {
             return Ok(None);
         }
-        if self.message_kind == Some(MessageKind::Text) {
+        if self.message_kind == Some(MessageKind::Text) && !self.message_compressed {
             self.check_utf8(true)?;
         }
         Ok(Some(header.opcode))
@@ -546,6 +591,7 @@ mod tests {
         Ping(Vec<u8>),
         Pong(Vec<u8>),
         Close(Option<u16>, String),
+        Compressed(MessageKind, Vec<u8>),
         Error(u16),
     }
 
@@ -563,6 +609,7 @@ mod tests {
                                 Seen::Text(String::from_utf8(p.to_vec()).unwrap())
                             }
                             Event::Message(MessageKind::Binary, p) => Seen::Binary(p.to_vec()),
+                            Event::CompressedMessage(kind, p) => Seen::Compressed(kind, p.to_vec()),
                             Event::Ping(p) => Seen::Ping(p.to_vec()),
                             Event::Pong(p) => Seen::Pong(p.to_vec()),
                             Event::Close(code, reason) => {
@@ -595,6 +642,79 @@ mod tests {
         let bytewise = feed(&mut Receiver::new(1 << 20), input, 1);
         assert_eq!(whole, bytewise);
         whole
+    }
+
+    // ---- permessage-deflate (RFC 7692 §6) ----
+
+    /// What a receiver that negotiated permessage-deflate makes of `input`,
+    /// whole and byte by byte.
+    fn run_compressed(input: &[u8], max: usize) -> Vec<Seen> {
+        let whole = feed(
+            &mut Receiver::new(max).with_compression(),
+            input,
+            input.len(),
+        );
+        let bytewise = feed(&mut Receiver::new(max).with_compression(), input, 1);
+        assert_eq!(whole, bytewise);
+        whole
+    }
+
+    #[test]
+    fn rsv1_on_a_first_frame_marks_the_message_compressed() {
+        // RFC 7692 §7.2.3.1: "Hello" compressed, in one frame with RSV1.
+        let hello = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        let input = client_frame(true, 0x40 | 1, &hello);
+        assert_eq!(
+            run_compressed(&input, 100),
+            [Seen::Compressed(MessageKind::Text, hello.to_vec())]
+        );
+        // In two fragments: RSV1 on the first only, UTF-8 not checked on the wire.
+        let mut input = client_frame(false, 0x40 | 1, &hello[..3]);
+        input.extend(client_frame(true, 0, &hello[3..]));
+        assert_eq!(
+            run_compressed(&input, 100),
+            [Seen::Compressed(MessageKind::Text, hello.to_vec())]
+        );
+        // A plain message on the same connection stays plain.
+        let input = client_frame(true, 2, b"plain");
+        assert_eq!(
+            run_compressed(&input, 100),
+            [Seen::Binary(b"plain".to_vec())]
+        );
+    }
+
+    #[test]
+    fn rsv1_on_a_continuation_or_control_frame_is_a_protocol_error() {
+        let mut input = client_frame(false, 1, b"a");
+        input.extend(client_frame(true, 0x40, b"b"));
+        assert_eq!(run_compressed(&input, 100), [Seen::Error(1002)]);
+        for control in [0x8, 0x9, 0xA] {
+            let input = client_frame(true, 0x40 | control, b"");
+            assert_eq!(
+                run_compressed(&input, 100),
+                [Seen::Error(1002)],
+                "{control:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn rsv1_without_the_extension_is_a_protocol_error() {
+        let input = client_frame(true, 0x40 | 1, &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
+        assert_eq!(run(&input), [Seen::Error(1002)]);
+    }
+
+    #[test]
+    fn compressed_wire_bytes_get_deflates_overhead_over_the_limit() {
+        // The limit is for the inflated message; an incompressible one at the
+        // limit is a little larger on the wire, and must still arrive.
+        let at_limit = client_frame(true, 0x40 | 2, &[0; 1024 + 1 + 64]);
+        assert!(matches!(
+            run_compressed(&at_limit, 1024)[..],
+            [Seen::Compressed(..)]
+        ));
+        let over = client_frame(true, 0x40 | 2, &[0; 1024 + 1 + 65]);
+        assert_eq!(run_compressed(&over, 1024), [Seen::Error(1009)]);
     }
 
     // ---- Data messages (§5.6) ----

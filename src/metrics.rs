@@ -36,6 +36,10 @@ pub struct Metrics {
     pub input_budget_closes: u64,
     /// Closed with 1008 for a message that did not arrive in time.
     pub message_timeouts: u64,
+    /// Compressed messages received (permessage-deflate).
+    pub compressed_messages_in: u64,
+    /// Compressed frames queued to peers (a broadcast to 100 counts 100).
+    pub compressed_frames_out: u64,
     /// Close frames the server sent, by code.
     pub closes_sent: BTreeMap<u16, u64>,
     /// Close frames the server received, by code (1005: none given; 1006: the
@@ -55,6 +59,11 @@ pub struct Gauges {
     pub rooms: usize,
     /// Bytes held for unfinished messages over all connections.
     pub input_held_bytes: usize,
+    /// Open WebSocket connections that agreed to permessage-deflate.
+    pub deflate: usize,
+    /// Messages compressed (at most one per broadcast) and inflated, so far.
+    pub compress_calls: u64,
+    pub inflate_calls: u64,
     /// Bytes of chat history kept over all rooms.
     pub history_bytes: usize,
 }
@@ -91,6 +100,11 @@ impl Metrics {
             "input_held_bytes",
             "Bytes held for unfinished messages over all connections (--input-budget).",
             &[("", gauges.input_held_bytes)],
+        );
+        gauge(
+            "deflate_connections",
+            "Open WebSocket connections with permessage-deflate.",
+            &[("", gauges.deflate)],
         );
         gauge(
             "history_bytes",
@@ -196,6 +210,33 @@ impl Metrics {
             for (key, value) in map {
                 let _ = writeln!(out, "loopchat_{name}{{{label}=\"{key}\"}} {value}");
             }
+        }
+        for (name, help, value) in [
+            (
+                "compress_calls_total",
+                "Messages compressed (permessage-deflate): at most one per broadcast.",
+                gauges.compress_calls,
+            ),
+            (
+                "inflate_calls_total",
+                "Compressed messages inflated.",
+                gauges.inflate_calls,
+            ),
+            (
+                "compressed_messages_in_total",
+                "Compressed messages received.",
+                self.compressed_messages_in,
+            ),
+            (
+                "compressed_frames_out_total",
+                "Compressed frames queued to peers.",
+                self.compressed_frames_out,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP loopchat_{name} {help}\n# TYPE loopchat_{name} counter\nloopchat_{name} {value}"
+            );
         }
         let _ = writeln!(
             out,

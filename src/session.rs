@@ -45,6 +45,9 @@ pub enum Action<'a> {
     Absorbed,
     /// A complete data message for the endpoint.
     Message(MessageKind, &'a [u8]),
+    /// A complete data message compressed with permessage-deflate, as it came:
+    /// the loop inflates it with its one inflater.
+    CompressedMessage(MessageKind, &'a [u8]),
     /// A control frame to send back: the pong for a ping (§5.5.2).
     Reply(OpCode, &'a [u8]),
     /// The peer's close frame (§5.5.1). `answer` is the close code to echo when
@@ -106,8 +109,22 @@ pub struct MessagePace {
 impl Session {
     /// A session that has just completed the opening handshake at `now`.
     pub fn new(max_message_size: usize, now: Instant, ping_interval: Duration) -> Self {
+        Self::with_receiver(Receiver::new(max_message_size), now, ping_interval)
+    }
+
+    /// A session whose peer negotiated permessage-deflate (RFC 7692).
+    pub fn with_compression(
+        max_message_size: usize,
+        now: Instant,
+        ping_interval: Duration,
+    ) -> Self {
+        let receiver = Receiver::new(max_message_size).with_compression();
+        Self::with_receiver(receiver, now, ping_interval)
+    }
+
+    fn with_receiver(receiver: Receiver, now: Instant, ping_interval: Duration) -> Self {
         Session {
-            receiver: Receiver::new(max_message_size),
+            receiver,
             state: CloseState::Open,
             deadline: now + ping_interval,
             awaiting_pong: false,
@@ -179,8 +196,13 @@ impl Session {
             None => Action::NeedMore,
             // After our close frame, send no more data (§5.5.1): data and pings
             // are read and dropped while we wait for the peer's close.
-            Some(Event::Message(..) | Event::Ping(_)) if !open => Action::Absorbed,
+            Some(Event::Message(..) | Event::CompressedMessage(..) | Event::Ping(_)) if !open => {
+                Action::Absorbed
+            }
             Some(Event::Message(kind, payload)) => Action::Message(kind, payload),
+            Some(Event::CompressedMessage(kind, payload)) => {
+                Action::CompressedMessage(kind, payload)
+            }
             Some(Event::Ping(payload)) => Action::Reply(OpCode::Pong, payload),
             Some(Event::Pong(_)) => {
                 self.awaiting_pong = false;

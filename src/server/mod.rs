@@ -19,6 +19,7 @@
 
 mod accept;
 mod closing;
+mod compression;
 mod handle;
 mod limits;
 mod reading;
@@ -91,6 +92,9 @@ pub struct Server {
     /// The listener may have connections we have not accepted yet.
     accept_ready: bool,
     accept_paused_until: Option<Instant>,
+    /// permessage-deflate: the loop's one inflater and one compressor.
+    inflate: compression::Inflate,
+    deflate: compression::Deflate,
     /// Bytes held for unfinished messages over all connections (`limits.rs`).
     input_held: usize,
     /// Open connections by address, when `--max-connections-per-ip` is set.
@@ -144,6 +148,8 @@ impl Server {
                 total_bytes: config.history_budget,
             }),
             next_member_id: 1,
+            inflate: compression::Inflate::default(),
+            deflate: compression::Deflate::new(&config),
             input_held: 0,
             connections_per_ip: HashMap::new(),
             config,
@@ -269,13 +275,18 @@ impl Server {
             max_connections: self.max_connections,
             rooms: self.chat.room_count(),
             input_held_bytes: self.input_held,
+            compress_calls: self.deflate.calls(),
+            inflate_calls: self.inflate.calls(),
             history_bytes: self.chat.history_bytes(),
             ..Gauges::default()
         };
         for (_, conn) in self.connections.iter() {
             match &conn.phase {
                 Phase::Http => gauges.http += 1,
-                Phase::WebSocket(ws) if ws.session.is_open() => gauges.websocket += 1,
+                Phase::WebSocket(ws) if ws.session.is_open() => {
+                    gauges.websocket += 1;
+                    gauges.deflate += usize::from(ws.deflate.is_some());
+                }
                 _ => gauges.closing += 1,
             }
         }

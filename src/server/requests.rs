@@ -3,9 +3,10 @@
 //! with the page, `/metrics`, an error status, or the RFC 6455 §4.2.2 handshake
 //! that turns the connection into a WebSocket.
 
-use super::{unix_millis, Server};
+use super::{compression, unix_millis, Server};
 use crate::chat::{self, Member};
 use crate::connection::{AfterFlush, Endpoint, Phase, WebSocket};
+use crate::deflate::Agreement;
 use crate::handshake;
 use crate::http::{self, route, HttpError, Request, RequestLimits, Response, Route, Status};
 use crate::metrics;
@@ -85,8 +86,9 @@ impl Server {
             }
             Route::Metrics | Route::File(_) => return self.serve_page(key, &request),
         };
-        match handshake::accept_upgrade(&request, &self.origins) {
-            Ok(response) => self.upgrade(key, endpoint, &request, response),
+        let (deflate, extensions) = compression::negotiate(&self.config, &request).unzip();
+        match handshake::accept_upgrade(&request, &self.origins, extensions.as_deref()) {
+            Ok(response) => self.upgrade(key, endpoint, deflate, &request, response),
             Err(error) => self.reject(key, error, Some(&request)),
         }
     }
@@ -169,7 +171,14 @@ impl Server {
     }
 
     /// Switches a connection to WebSocket after a valid handshake (§4.2.2).
-    fn upgrade(&mut self, key: usize, endpoint: Endpoint, request: &Request, response: Vec<u8>) {
+    fn upgrade(
+        &mut self,
+        key: usize,
+        endpoint: Endpoint,
+        deflate: Option<Agreement>,
+        request: &Request,
+        response: Vec<u8>,
+    ) {
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
@@ -181,10 +190,15 @@ impl Server {
             Endpoint::Echo => self.config.max_message_size,
             Endpoint::Chat { .. } => self.config.max_chat_message_size,
         };
-        let session = Session::new(max_message_size, now, self.config.ping_interval);
+        let ping_interval = self.config.ping_interval;
+        let session = match deflate {
+            Some(_) => Session::with_compression(max_message_size, now, ping_interval),
+            None => Session::new(max_message_size, now, ping_interval),
+        };
         conn.phase = Phase::WebSocket(WebSocket {
             endpoint: endpoint.clone(),
             session,
+            deflate,
         });
         // Bytes that came right behind the request are the first frame bytes.
         let mut leftover = std::mem::take(&mut conn.input);

@@ -3,10 +3,10 @@
 //! connections. Each frame was encoded once by the chat and is queued by
 //! reference on every recipient (`writes::deliver`).
 
-use super::writes::{deliver, Outbox};
+use super::writes::{deliver, queue_frame, Outbox, Outgoing};
 use super::{unix_millis, Server};
 use crate::chat::{Chat, Member, SharedFrame};
-use crate::connection::{Connection, Endpoint};
+use crate::connection::{Connection, Endpoint, Phase};
 use slab::Slab;
 use std::rc::Rc;
 
@@ -36,12 +36,36 @@ impl Server {
         }
     }
 
-    /// Sends a chat message's frame to every member of `room`, the sender too.
+    /// Sends a chat message's frame to every member of `room`, the sender too:
+    /// the plain frame, or to members that agreed to permessage-deflate one
+    /// compressed frame, made once for all of them (`compression.rs`).
     pub(super) fn broadcast(&mut self, room: &str, frame: SharedFrame) {
         self.metrics.broadcasts += 1;
-        let (chat, connections, mut outbox) = self.split_for_delivery();
+        let Server {
+            chat,
+            connections,
+            pending,
+            metrics,
+            config,
+            deflate,
+            ..
+        } = self;
+        let mut outbox = Outbox {
+            pending,
+            metrics,
+            config,
+        };
+        let mut compressed = None;
         for &key in chat.publish(room, &frame) {
-            deliver(connections, &mut outbox, key, &frame);
+            let Some(conn) = connections.get_mut(key) else {
+                continue;
+            };
+            let agreement = match &conn.phase {
+                Phase::WebSocket(ws) => ws.deflate,
+                _ => None,
+            };
+            let chosen = deflate.frame_for(agreement, &frame, &mut compressed);
+            queue_frame(conn, key, Outgoing::Shared(chosen), &mut outbox);
         }
     }
 

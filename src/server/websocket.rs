@@ -3,12 +3,14 @@
 //! a pong, the answer to the peer's close, or a failed connection (RFC 6455 §5.5,
 //! §7.1.7).
 
+use super::compression::{Deflate, Inflate};
 use super::limits::input_held_by;
 use super::writes::{close_slow_reader, push_close, push_flush, push_frame, Outbox, Outgoing};
 use super::{unix_millis, Server};
 use crate::chat::{self, SharedFrame};
 use crate::connection::{Connection, Endpoint, Phase};
-use crate::message::{CloseCode, ProtocolError};
+use crate::deflate::Agreement;
+use crate::message::{CloseCode, MessageKind, ProtocolError};
 use crate::metrics;
 use crate::session::Action;
 use log::info;
@@ -40,13 +42,25 @@ impl Server {
     fn take_websocket_input(&mut self, key: usize, bytes: &mut [u8]) {
         let mut pos = 0;
         loop {
-            let Some((conn, mut outbox)) = self.connection_and_outbox(key) else {
+            let Server {
+                connections,
+                pending,
+                metrics,
+                config,
+                inflate,
+                deflate,
+                ..
+            } = self;
+            let Some(conn) = connections.get_mut(key).filter(|c| !c.doomed) else {
                 return;
             };
-            if conn.doomed {
-                return;
-            }
-            match take_actions(conn, key, bytes, &mut pos, &mut outbox) {
+            let mut outbox = Outbox {
+                pending,
+                metrics,
+                config,
+            };
+            let codec = Codec { inflate, deflate };
+            match take_actions(conn, key, bytes, &mut pos, &mut outbox, codec) {
                 Next::Done => return,
                 Next::SlowReader => close_slow_reader(conn, key, &mut outbox),
                 Next::Broadcast(room, frame) => self.broadcast(&room, frame), // rooms.rs
@@ -59,6 +73,12 @@ impl Server {
     }
 }
 
+/// The loop's permessage-deflate halves, lent to `take_actions`.
+struct Codec<'s> {
+    inflate: &'s mut Inflate,
+    deflate: &'s mut Deflate,
+}
+
 /// Takes the session's actions on `bytes[*pos..]` that concern only this
 /// connection (echoes, pongs), many per read, with the connection held, and
 /// stops at the first that needs the whole server, saying what it is.
@@ -68,6 +88,7 @@ fn take_actions(
     bytes: &mut [u8],
     pos: &mut usize,
     outbox: &mut Outbox,
+    codec: Codec,
 ) -> Next {
     let Phase::WebSocket(ws) = &mut conn.phase else {
         return Next::Done;
@@ -76,28 +97,28 @@ fn take_actions(
     let next = loop {
         let (consumed, action) = ws.session.next_action(&mut bytes[*pos..]);
         *pos += consumed;
-        let reply = match action {
+        let taken = match action {
             Action::NeedMore => break Next::Done,
             Action::Absorbed => continue,
             Action::Message(kind, payload) => {
                 outbox.metrics.messages_in += 1;
-                match &ws.endpoint {
-                    Endpoint::Echo => Outgoing::Frame(kind.opcode(), payload),
-                    Endpoint::Chat { room, member } => {
-                        break match chat::text_message(kind, payload) {
-                            Ok(text) => {
-                                let frame = chat::message_frame(room, member, text, unix_millis());
-                                Next::Broadcast(Rc::clone(room), frame)
-                            }
-                            Err(error) => {
-                                let send_close = ws.session.fail();
-                                fail(conn, key, error, send_close, outbox)
-                            }
-                        }
+                on_message(&ws.endpoint, ws.deflate, kind, payload, codec.deflate)
+            }
+            Action::CompressedMessage(kind, compressed) => {
+                outbox.metrics.messages_in += 1;
+                outbox.metrics.compressed_messages_in += 1;
+                let limit = match ws.endpoint {
+                    Endpoint::Echo => outbox.config.max_message_size,
+                    Endpoint::Chat { .. } => outbox.config.max_chat_message_size,
+                };
+                match codec.inflate.inflate(kind, compressed, limit) {
+                    Ok(payload) => {
+                        on_message(&ws.endpoint, ws.deflate, kind, payload, codec.deflate)
                     }
+                    Err(error) => Taken::Refused(error),
                 }
             }
-            Action::Reply(opcode, payload) => Outgoing::Frame(opcode, payload),
+            Action::Reply(opcode, payload) => Taken::Reply(Outgoing::Frame(opcode, payload)),
             Action::PeerClosed {
                 code,
                 reason,
@@ -114,7 +135,21 @@ fn take_actions(
             }
             Action::Fail { error, send_close } => break fail(conn, key, error, send_close, outbox),
         };
-        if !push_frame(&mut conn.socket, &mut conn.output, reply, outbox) {
+        let reply = match taken {
+            Taken::Reply(reply) => reply,
+            Taken::Next(next) => break next,
+            Taken::Refused(error) => {
+                let send_close = ws.session.fail();
+                break fail(conn, key, error, send_close, outbox);
+            }
+        };
+        if !push_frame(
+            &mut conn.socket,
+            &mut conn.output,
+            reply,
+            outbox.metrics,
+            outbox.config,
+        ) {
             break Next::SlowReader;
         }
         replied = true;
@@ -123,6 +158,41 @@ fn take_actions(
         push_flush(conn, key, outbox.pending);
     }
     next
+}
+
+/// What a message leads to.
+enum Taken<'a> {
+    /// A frame back to this connection (the echo).
+    Reply(Outgoing<'a>),
+    /// Work for the whole server (a broadcast).
+    Next(Next),
+    /// The endpoint refuses it: the connection fails with this error.
+    Refused(ProtocolError),
+}
+
+/// A complete message for the endpoint: `/echo` sends it back as it came
+/// (compressed again if the peer agreed and it is worth it), the chat makes it a
+/// broadcast, or refuses it if it is not text (1003).
+fn on_message<'a>(
+    endpoint: &Endpoint,
+    agreement: Option<Agreement>,
+    kind: MessageKind,
+    payload: &'a [u8],
+    deflate: &'a mut Deflate,
+) -> Taken<'a> {
+    match endpoint {
+        Endpoint::Echo => Taken::Reply(match deflate.compress_reply(agreement, payload) {
+            Some(compressed) => Outgoing::Compressed(kind.opcode(), compressed),
+            None => Outgoing::Frame(kind.opcode(), payload),
+        }),
+        Endpoint::Chat { room, member } => match chat::text_message(kind, payload) {
+            Ok(text) => {
+                let frame = chat::message_frame(room, member, text, unix_millis());
+                Taken::Next(Next::Broadcast(Rc::clone(room), frame))
+            }
+            Err(error) => Taken::Refused(error),
+        },
+    }
 }
 
 /// Fails the connection (§7.1.7): our close frame with the error's code, unless

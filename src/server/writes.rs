@@ -40,6 +40,8 @@ pub(super) enum Outgoing<'a> {
     Shared(&'a SharedFrame),
     /// Encoded for this connection only (an echo, a pong, a ping).
     Frame(OpCode, &'a [u8]),
+    /// A compressed payload, encoded with RSV1 for this connection only.
+    Compressed(OpCode, &'a [u8]),
 }
 
 /// What queuing output touches besides the connection itself: the flush list,
@@ -75,7 +77,13 @@ pub(super) fn queue_frame(
     if !conn.accepts_frames() {
         return false;
     }
-    if !push_frame(&mut conn.socket, &mut conn.output, frame, outbox) {
+    if !push_frame(
+        &mut conn.socket,
+        &mut conn.output,
+        frame,
+        outbox.metrics,
+        outbox.config,
+    ) {
         close_slow_reader(conn, key, outbox);
         return false;
     }
@@ -92,19 +100,26 @@ pub(super) fn push_frame(
     socket: &mut TcpStream,
     output: &mut OutputQueue,
     frame: Outgoing,
-    outbox: &mut Outbox,
+    metrics: &mut Metrics,
+    config: &Config,
 ) -> bool {
-    let limit = outbox.config.max_output;
-    if !output.make_room(socket, limit, &mut outbox.metrics.bytes_out) {
+    if !output.make_room(socket, config.max_output, &mut metrics.bytes_out) {
         return false;
     }
     match frame {
-        Outgoing::Shared(shared) => output.push_shared(shared),
+        Outgoing::Shared(shared) => {
+            metrics.compressed_frames_out += u64::from(frame::is_compressed(shared));
+            output.push_shared(shared)
+        }
         Outgoing::Frame(opcode, payload) => {
             output.push_owned(|out| frame::encode_frame(out, opcode, payload))
         }
+        Outgoing::Compressed(opcode, payload) => {
+            metrics.compressed_frames_out += 1;
+            output.push_owned(|out| frame::encode_compressed_frame(out, opcode, payload))
+        }
     }
-    outbox.metrics.frames_out += 1;
+    metrics.frames_out += 1;
     true
 }
 
