@@ -215,9 +215,19 @@ fn documented_flags() -> Vec<String> {
     flags
 }
 
-/// A valid sample value for each flag (a new flag needs one here).
-fn sample_value(flag: &str) -> String {
-    match flag {
+/// A valid sample value for each flag (a new flag needs one here); `None` for a
+/// switch, which takes no value.
+fn sample_value(flag: &str) -> Option<String> {
+    let value: String = match flag {
+        "--permessage-deflate" => return None,
+        "--max-chat-message-size" => "512".into(),
+        "--input-budget" => "8MiB".into(),
+        "--message-timeout" => "30s".into(),
+        "--message-min-rate" => "0".into(),
+        "--history-budget" => "1MiB".into(),
+        "--max-connections-per-ip" => "100".into(),
+        "--deflate-min-size" => "64".into(),
+        "--deflate-level" => "6".into(),
         "--addr" => "127.0.0.1:0".into(),
         "--static-dir" => concat!(env!("CARGO_MANIFEST_DIR"), "/static").into(),
         "--log-level" => "warn".into(),
@@ -235,7 +245,8 @@ fn sample_value(flag: &str) -> String {
         "--allowed-origin" => "https://chat.example".into(),
         "--shutdown-timeout" => "0.5".into(),
         other => panic!("no sample value for {other}: add one to this test"),
-    }
+    };
+    Some(value)
 }
 
 #[test]
@@ -261,7 +272,7 @@ fn every_flag_is_accepted() {
     let mut args = Vec::new();
     for flag in documented_flags() {
         args.push(flag.clone());
-        args.push(sample_value(&flag));
+        args.extend(sample_value(&flag));
     }
     args.push("--help".into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
