@@ -1,0 +1,89 @@
+//! Load benchmark for loopchat (issue 5: "Fast enough to be the target of choice").
+//!
+//! `cargo bench --bench load` runs, in one process tree:
+//!
+//! * a WebSocket load client of our own, on one mio poll loop (no async runtime):
+//!   masked client frames, the HTTP upgrade, and a per-message check. Every message
+//!   carries a round nonce, the connection id of its sender, a sequence number, the
+//!   send timestamp and a checksum, padded with a pattern derived from the sequence
+//!   number, so the client notices anything lost, reordered or corrupted;
+//! * the servers under comparison, each in its own process (so its CPU time can be read
+//!   from /proc/PID and it can be pinned with `taskset`):
+//!   - `loopchat` itself (`CARGO_BIN_EXE_loopchat`),
+//!   - `raw-tcp-echo`: a raw TCP echo server on the same kind of mio loop, no framing:
+//!     the physical limit for echo (this binary re-invoked with `--serve raw-echo PORT`),
+//!   - `raw-tcp-fanout`: the same loop relaying every client frame unchanged to every
+//!     connection, the cost of broadcast without framing (`--serve raw-fanout PORT`),
+//!   - `tokio-tungstenite`: an echo + broadcast chat server on a current-thread tokio
+//!     runtime, what a Rust user would pick (`--serve tokio PORT`).
+//!
+//! Rounds are interleaved (round-robin over the servers) and every figure printed is the
+//! median over the rounds. `--url ws://host:port/path` measures any server instead.
+//! Run `cargo bench --bench load -- --help` for the options.
+//!
+//! The modules, in the order a run meets them: [`options`] (flags), [`run`] (the
+//! orchestrator), [`workloads`], [`servers`] (starting the servers under test),
+//! [`round`] (one measured round), [`client`] (the load client, over [`wire`] framing,
+//! the [`payload`] format and the per-message [`checks`]), [`report`] (medians, tables,
+//! targets), [`sys`] (what is asked of the operating system) and [`compare`] (the
+//! comparison servers behind `--serve`).
+
+mod checks;
+mod client;
+mod compare;
+mod options;
+mod payload;
+mod report;
+mod round;
+mod run;
+mod servers;
+mod sys;
+mod target;
+mod wire;
+mod workloads;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--serve") {
+        serve(&args[1..]);
+        return;
+    }
+    if args.is_empty() {
+        // `cargo test --benches` runs bench targets without arguments: stay cheap.
+        // The payload format's self-test is microseconds, and this is where it can run
+        // (a `harness = false` target is not built with `cfg(test)`).
+        payload::self_test();
+        println!("load bench: run it with `cargo bench --bench load` (see `-- --help`)");
+        return;
+    }
+    let options = match options::parse(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("error: {e}\n");
+            }
+            eprint!("{}", options::HELP);
+            std::process::exit(if e.is_empty() { 0 } else { 2 });
+        }
+    };
+    let ok = run::run_all(options);
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+/// `--serve KIND PORT [READ_BUFFER]`: runs one comparison server until killed. The
+/// orchestrator starts these as child processes of its own binary.
+fn serve(args: &[String]) {
+    let kind = args.first().cloned().unwrap_or_default();
+    let port: u16 = args
+        .get(1)
+        .and_then(|p| p.parse().ok())
+        .expect("--serve KIND PORT");
+    let read_buffer: Option<usize> = args.get(2).and_then(|p| p.parse().ok());
+    sys::raise_nofile_limit();
+    match kind.as_str() {
+        "raw-echo" => compare::raw::serve_echo(port),
+        "raw-fanout" => compare::raw::serve_fanout(port),
+        "tokio" => compare::tokio_chat::serve(port, read_buffer),
+        k => panic!("unknown server kind {k}"),
+    }
+}

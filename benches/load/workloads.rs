@@ -1,0 +1,216 @@
+//! The workloads: what each measures (echo throughput, chat fan-out, latency at a fixed
+//! rate, memory), the full list, and the selection a run makes from it (`--quick`,
+//! filters, what a `--url` server can take).
+
+use crate::client::Mode;
+use crate::options::Options;
+use crate::servers::ServerKind;
+use crate::target::url_path;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WorkloadKind {
+    /// Messages echoed per second.
+    Echo,
+    /// Chat deliveries per second.
+    Chat,
+    /// Chat latency at a fixed message rate.
+    Latency,
+    /// Peak RSS of a fresh server under echo load.
+    MemEcho,
+    /// RSS per idle connection.
+    MemIdle,
+}
+
+impl WorkloadKind {
+    /// Whether it runs in a chat room (else on /echo).
+    pub fn is_chat(self) -> bool {
+        matches!(self, WorkloadKind::Chat | WorkloadKind::Latency)
+    }
+
+    /// A memory figure: one round, against a fresh server each time.
+    pub fn is_memory(self) -> bool {
+        matches!(self, WorkloadKind::MemEcho | WorkloadKind::MemIdle)
+    }
+
+    /// The path to load on a server of ours (a room of its own per round for chat).
+    pub fn path(self, nonce: u16) -> String {
+        if self.is_chat() {
+            format!("/chat/bench-{nonce:04x}")
+        } else {
+            "/echo".into()
+        }
+    }
+
+    /// The servers it compares: loopchat, the raw TCP limit, tokio-tungstenite.
+    pub fn local_servers(self) -> [ServerKind; 3] {
+        let raw = if self.is_chat() {
+            ServerKind::RawFanout
+        } else {
+            ServerKind::RawEcho
+        };
+        [ServerKind::Loopchat, raw, ServerKind::Tokio]
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub name: String,
+    pub kind: WorkloadKind,
+    /// Connections (receivers, for chat).
+    pub conns: usize,
+    /// Message size in bytes.
+    pub size: usize,
+    /// Echo: messages in flight per connection.
+    pub inflight: u32,
+    /// Chat: how many of the connections send.
+    pub senders: usize,
+    /// Latency: messages per second per sender (0: as fast as the window allows).
+    pub rate_hz: f64,
+    /// Part of `--quick`.
+    pub quick: bool,
+}
+
+impl Workload {
+    pub fn mode(&self) -> Mode {
+        if self.kind.is_chat() {
+            Mode::Chat {
+                senders: self.senders,
+                rate_hz: self.rate_hz,
+            }
+        } else {
+            Mode::Echo {
+                inflight: self.inflight.max(1),
+            }
+        }
+    }
+
+    /// The measured seconds of a round, `--secs` asking `secs` (latency takes at
+    /// least 3 s, for its p99).
+    pub fn measured_secs(&self, secs: f64) -> f64 {
+        match self.kind {
+            WorkloadKind::Latency => secs.max(3.0),
+            _ => secs,
+        }
+    }
+
+    /// Rounds to run, `--rounds` asking `rounds` (a memory figure takes one).
+    pub fn rounds(&self, rounds: usize) -> usize {
+        if self.kind.is_memory() {
+            1
+        } else {
+            rounds
+        }
+    }
+
+    /// What it measures, for its heading.
+    pub fn describe(&self) -> String {
+        let (conns, size, inflight, senders) = (self.conns, self.size, self.inflight, self.senders);
+        match self.kind {
+            WorkloadKind::Echo => {
+                format!("{conns} conns, {size} B messages, {inflight} in flight per conn")
+            }
+            WorkloadKind::Chat => format!(
+                "{conns} receivers, {senders} sender(s), {size} B messages (rates are deliveries)"
+            ),
+            WorkloadKind::Latency => {
+                format!(
+                    "{conns} receivers, {senders} senders x {} msg/s",
+                    self.rate_hz
+                )
+            }
+            WorkloadKind::MemEcho => format!(
+                "peak RSS (VmHWM) of a fresh server echoing to {conns} conns, {inflight} in flight"
+            ),
+            WorkloadKind::MemIdle => format!("RSS per idle WebSocket connection, {conns} conns"),
+        }
+    }
+}
+
+/// Every workload, in the order they run; mem/idle with `idle_conns` connections.
+fn catalogue(idle_conns: usize) -> Vec<Workload> {
+    let base = Workload {
+        name: String::new(),
+        kind: WorkloadKind::Echo,
+        conns: 0,
+        size: 32,
+        inflight: 0,
+        senders: 0,
+        rate_hz: 0.0,
+        quick: true,
+    };
+    let mut v = Vec::new();
+    for (conns, inflight, quick) in [
+        (100, 1, false),
+        (100, 16, true),
+        (1000, 1, true),
+        (1000, 16, false),
+    ] {
+        v.push(Workload {
+            name: format!("echo/c{conns}/if{inflight}"),
+            conns,
+            inflight,
+            quick,
+            ..base.clone()
+        });
+    }
+    for receivers in [100, 1000] {
+        for senders in [1, 10] {
+            for (size, size_name) in [(32, "32B"), (1024, "1KiB")] {
+                let quick = (receivers == 100 && senders == 10 && size == 32)
+                    || (receivers == 1000 && senders == 1 && size == 1024);
+                v.push(Workload {
+                    name: format!("chat/r{receivers}/s{senders}/{size_name}"),
+                    kind: WorkloadKind::Chat,
+                    conns: receivers,
+                    size,
+                    senders,
+                    quick,
+                    ..base.clone()
+                });
+            }
+        }
+    }
+    v.push(Workload {
+        name: "latency/r1000/s10x10hz".into(),
+        kind: WorkloadKind::Latency,
+        conns: 1000,
+        senders: 10,
+        rate_hz: 10.0,
+        ..base.clone()
+    });
+    v.push(Workload {
+        name: "mem/echo1000".into(),
+        kind: WorkloadKind::MemEcho,
+        conns: 1000,
+        inflight: 16,
+        ..base.clone()
+    });
+    v.push(Workload {
+        name: format!("mem/idle{idle_conns}"),
+        kind: WorkloadKind::MemIdle,
+        conns: idle_conns,
+        ..base
+    });
+    v
+}
+
+/// The workloads this run asked for: `--quick`'s subset, the filters, and with `--url`
+/// those the server can take (echo or chat by its path; memory only with a PID).
+pub fn select(options: &Options) -> Vec<Workload> {
+    let mut v = catalogue(options.idle_conns);
+    v.retain(|w| !options.quick || w.quick);
+    if !options.filters.is_empty() {
+        v.retain(|w| options.filters.iter().any(|f| w.name.contains(f.as_str())));
+    }
+    if let Some(url) = &options.url {
+        let chat = url_path(url).starts_with("/chat");
+        let pid = options.server_pid.is_some();
+        v.retain(|w| match w.kind {
+            WorkloadKind::Echo => !chat,
+            WorkloadKind::Chat | WorkloadKind::Latency => chat,
+            WorkloadKind::MemEcho => !chat && pid,
+            WorkloadKind::MemIdle => pid,
+        });
+    }
+    v
+}
