@@ -72,6 +72,12 @@ impl Json {
     fn keys(&self) -> Vec<&str> {
         self.fields.iter().map(|(k, _)| k.as_str()).collect()
     }
+
+    /// Asserts that the fields are exactly `keys`, in this order.
+    #[track_caller]
+    fn assert_keys(&self, keys: &[&str]) {
+        assert_eq!(self.keys(), keys, "{}", self.source);
+    }
 }
 
 struct Parser<'a> {
@@ -275,328 +281,283 @@ fn assert_ts(json: &Json) {
 
 #[test]
 fn frame_shapes_welcome_join_message_leave() {
-    let server = start(config());
-    let (mut ann, ann_w, history) = join(server.addr, "/chat/shapes?name=ann");
-    assert!(history.is_empty());
-    assert_eq!(
-        ann_w.keys(),
-        ["type", "id", "name", "room", "online"],
-        "{}",
-        ann_w.source
-    );
-    assert_eq!(ann_w.str("name"), "ann");
-    assert_eq!(ann_w.str("room"), "shapes");
-    assert_eq!(ann_w.int("online"), 1);
+    with_server(config(), |addr| {
+        let (mut ann, ann_w, history) = join(addr, "/chat/shapes?name=ann");
+        assert!(history.is_empty());
+        ann_w.assert_keys(&["type", "id", "name", "room", "online"]);
+        assert_eq!(ann_w.str("name"), "ann");
+        assert_eq!(ann_w.str("room"), "shapes");
+        assert_eq!(ann_w.int("online"), 1);
 
-    let mut bob = Raw::websocket(server.addr, "/chat/shapes?name=bob");
-    let bob_w = expect(&mut bob, "welcome");
-    assert_eq!(bob_w.int("online"), 2);
-    assert_eq!(bob_w.str("room"), "shapes");
-    assert_ne!(bob_w.int("id"), ann_w.int("id"));
-    let bob_join = expect(&mut bob, "join");
-    assert_eq!(
-        bob_join.keys(),
-        ["type", "id", "name", "online", "ts"],
-        "{}",
-        bob_join.source
-    );
-    assert_eq!(bob_join.int("id"), bob_w.int("id"));
-    assert_eq!(bob_join.str("name"), "bob");
-    assert_eq!(bob_join.int("online"), 2);
-    assert_ts(&bob_join);
-    // The member already there hears of the newcomer too.
-    expect_join(&mut ann, &bob_w, 2);
+        let mut bob = Raw::websocket(addr, "/chat/shapes?name=bob");
+        let bob_w = expect(&mut bob, "welcome");
+        assert_eq!(bob_w.int("online"), 2);
+        assert_eq!(bob_w.str("room"), "shapes");
+        assert_ne!(bob_w.int("id"), ann_w.int("id"));
+        let bob_join = expect(&mut bob, "join");
+        bob_join.assert_keys(&["type", "id", "name", "online", "ts"]);
+        assert_eq!(bob_join.int("id"), bob_w.int("id"));
+        assert_eq!(bob_join.str("name"), "bob");
+        assert_eq!(bob_join.int("online"), 2);
+        assert_ts(&bob_join);
+        // The member already there hears of the newcomer too.
+        expect_join(&mut ann, &bob_w, 2);
 
-    ann.send_frame(true, op::TEXT, b"hello");
-    for raw in [&mut ann, &mut bob] {
-        let message = expect_message(raw, &ann_w, "hello");
-        assert_eq!(
-            message.keys(),
-            ["type", "id", "from", "text", "ts", "room"],
-            "{}",
-            message.source
-        );
-        assert_eq!(message.str("room"), "shapes");
-        assert_ts(&message);
-    }
+        ann.send_frame(true, op::TEXT, b"hello");
+        for raw in [&mut ann, &mut bob] {
+            let message = expect_message(raw, &ann_w, "hello");
+            message.assert_keys(&["type", "id", "from", "text", "ts", "room"]);
+            assert_eq!(message.str("room"), "shapes");
+            assert_ts(&message);
+        }
 
-    bob.send_frame(true, op::CLOSE, &close_payload(1000, b""));
-    bob.expect_close_then_eof(1000);
-    let leave = expect(&mut ann, "leave");
-    assert_eq!(
-        leave.keys(),
-        ["type", "id", "name", "online", "ts"],
-        "{}",
-        leave.source
-    );
-    assert_eq!(leave.int("id"), bob_w.int("id"));
-    assert_eq!(leave.str("name"), "bob");
-    assert_eq!(leave.int("online"), 1);
-    assert_ts(&leave);
-    drop((ann, bob));
-    server.stop().unwrap();
+        bob.send_frame(true, op::CLOSE, &close_payload(1000, b""));
+        bob.expect_close_then_eof(1000);
+        let leave = expect(&mut ann, "leave");
+        leave.assert_keys(&["type", "id", "name", "online", "ts"]);
+        assert_eq!(leave.int("id"), bob_w.int("id"));
+        assert_eq!(leave.str("name"), "bob");
+        assert_eq!(leave.int("online"), 1);
+        assert_ts(&leave);
+    });
 }
 
 #[test]
 fn broadcast_reaches_the_senders_room_only() {
-    let server = start(config());
-    let (mut a1, a1_w, _) = join(server.addr, "/chat/a?name=a1");
-    let (mut a2, a2_w, _) = join(server.addr, "/chat/a?name=a2");
-    expect_join(&mut a1, &a2_w, 2);
-    let (mut b1, b1_w, _) = join(server.addr, "/chat/b?name=b1");
-    let (mut a3, a3_w, _) = join(server.addr, "/chat/a?name=a3");
-    expect_join(&mut a1, &a3_w, 3);
-    expect_join(&mut a2, &a3_w, 3);
-    let (mut b2, b2_w, _) = join(server.addr, "/chat/b?name=b2");
-    expect_join(&mut b1, &b2_w, 2);
-    assert_eq!(a3_w.int("online"), 3);
-    assert_eq!(b2_w.int("online"), 2);
+    with_server(config(), |addr| {
+        let (mut a1, a1_w, _) = join(addr, "/chat/a?name=a1");
+        let (mut a2, a2_w, _) = join(addr, "/chat/a?name=a2");
+        expect_join(&mut a1, &a2_w, 2);
+        let (mut b1, b1_w, _) = join(addr, "/chat/b?name=b1");
+        let (mut a3, a3_w, _) = join(addr, "/chat/a?name=a3");
+        expect_join(&mut a1, &a3_w, 3);
+        expect_join(&mut a2, &a3_w, 3);
+        let (mut b2, b2_w, _) = join(addr, "/chat/b?name=b2");
+        expect_join(&mut b1, &b2_w, 2);
+        assert_eq!(a3_w.int("online"), 3);
+        assert_eq!(b2_w.int("online"), 2);
 
-    a1.send_frame(true, op::TEXT, b"hello a");
-    for raw in [&mut a1, &mut a2, &mut a3] {
-        expect_message(raw, &a1_w, "hello a");
-    }
-    // Room b heard nothing: the next thing each of its members gets is b's own
-    // message (the server handles one event at a time, so "hello a" would have
-    // been queued first).
-    b1.send_frame(true, op::TEXT, b"hello b");
-    for raw in [&mut b1, &mut b2] {
-        expect_message(raw, &b1_w, "hello b");
-    }
-    // ...and room a did not hear b.
-    a2.send_frame(true, op::TEXT, b"again a");
-    for raw in [&mut a1, &mut a2, &mut a3] {
-        expect_message(raw, &a2_w, "again a");
-    }
-    assert_eq!(metric(server.addr, "loopchat_rooms"), 2);
-    drop((a1, a2, a3, b1, b2));
-    server.stop().unwrap();
+        a1.send_frame(true, op::TEXT, b"hello a");
+        for raw in [&mut a1, &mut a2, &mut a3] {
+            expect_message(raw, &a1_w, "hello a");
+        }
+        // Room b heard nothing: the next thing each of its members gets is b's own
+        // message (the server handles one event at a time, so "hello a" would have
+        // been queued first).
+        b1.send_frame(true, op::TEXT, b"hello b");
+        for raw in [&mut b1, &mut b2] {
+            expect_message(raw, &b1_w, "hello b");
+        }
+        // ...and room a did not hear b.
+        a2.send_frame(true, op::TEXT, b"again a");
+        for raw in [&mut a1, &mut a2, &mut a3] {
+            expect_message(raw, &a2_w, "again a");
+        }
+        assert_eq!(metric(addr, "loopchat_rooms"), 2);
+    });
 }
 
 #[test]
 fn leave_notices_count_down() {
-    let server = start(config());
-    let (mut ann, _, _) = join(server.addr, "/chat/count?name=ann");
-    let (bob, bob_w, _) = join(server.addr, "/chat/count?name=bob");
-    expect_join(&mut ann, &bob_w, 2);
-    let (mut cy, cy_w, _) = join(server.addr, "/chat/count?name=cy");
-    expect_join(&mut ann, &cy_w, 3);
-    // bob's join reached bob already; cy's join reaches bob too, unread (bob leaves).
+    with_server(config(), |addr| {
+        let (mut ann, _, _) = join(addr, "/chat/count?name=ann");
+        let (bob, bob_w, _) = join(addr, "/chat/count?name=bob");
+        expect_join(&mut ann, &bob_w, 2);
+        let (mut cy, cy_w, _) = join(addr, "/chat/count?name=cy");
+        expect_join(&mut ann, &cy_w, 3);
+        // bob's join reached bob already; cy's join reaches bob too, unread (bob leaves).
 
-    // bob just drops TCP (no close frame); cy closes properly.
-    drop(bob);
-    let leave = expect(&mut ann, "leave");
-    assert_eq!(
-        (leave.int("id"), leave.str("name"), leave.int("online")),
-        (bob_w.int("id"), "bob", 2)
-    );
-    cy.send_frame(true, op::CLOSE, &close_payload(1001, b"going"));
-    let (frames, code) = cy.read_until_close();
-    // cy may have had bob's leave queued before its close answer.
-    assert!(
-        frames
-            .iter()
-            .all(|f| Json::parse(f.text()).kind() == "leave"),
-        "{frames:?}"
-    );
-    assert_eq!(code, Some(1001));
-    let leave = expect(&mut ann, "leave");
-    assert_eq!(
-        (leave.int("id"), leave.str("name"), leave.int("online")),
-        (cy_w.int("id"), "cy", 1)
-    );
-    drop((ann, cy));
-    server.stop().unwrap();
+        // bob just drops TCP (no close frame); cy closes properly.
+        drop(bob);
+        let leave = expect(&mut ann, "leave");
+        assert_eq!(
+            (leave.int("id"), leave.str("name"), leave.int("online")),
+            (bob_w.int("id"), "bob", 2)
+        );
+        cy.send_frame(true, op::CLOSE, &close_payload(1001, b"going"));
+        let (frames, code) = cy.read_until_close();
+        // cy may have had bob's leave queued before its close answer.
+        assert!(
+            frames
+                .iter()
+                .all(|f| Json::parse(f.text()).kind() == "leave"),
+            "{frames:?}"
+        );
+        assert_eq!(code, Some(1001));
+        let leave = expect(&mut ann, "leave");
+        assert_eq!(
+            (leave.int("id"), leave.str("name"), leave.int("online")),
+            (cy_w.int("id"), "cy", 1)
+        );
+    });
 }
 
 #[test]
 fn chosen_and_default_names() {
-    let server = start(config());
-    let (mut ann, ann_w, _) = join(server.addr, "/chat/names?name=ann");
-    assert_eq!(ann_w.str("name"), "ann");
-    ann.send_frame(true, op::TEXT, b"hi");
-    let message = expect_message(&mut ann, &ann_w, "hi");
-    assert_eq!(message.str("from"), "ann");
+    with_server(config(), |addr| {
+        let (mut ann, ann_w, _) = join(addr, "/chat/names?name=ann");
+        assert_eq!(ann_w.str("name"), "ann");
+        ann.send_frame(true, op::TEXT, b"hi");
+        let message = expect_message(&mut ann, &ann_w, "hi");
+        assert_eq!(message.str("from"), "ann");
 
-    // Percent-encoded, trimmed, and at most 32 characters.
-    let (spaced, spaced_w, _) = join(server.addr, "/chat/names?name=%20Ann%20B%20");
-    assert_eq!(spaced_w.str("name"), "Ann B");
-    let long = "n".repeat(40);
-    let (long_client, long_w, _) = join(server.addr, &format!("/chat/names?name={long}"));
-    assert_eq!(long_w.str("name"), "n".repeat(32));
-    // Without a name (or with an empty one): guest-<id>.
-    let (guest, guest_w, _) = join(server.addr, "/chat/names");
-    assert_eq!(guest_w.str("name"), format!("guest-{}", guest_w.int("id")));
-    let (empty, empty_w, _) = join(server.addr, "/chat/names?name=");
-    assert_eq!(empty_w.str("name"), format!("guest-{}", empty_w.int("id")));
-    drop((ann, spaced, long_client, guest, empty));
-    server.stop().unwrap();
+        // Percent-encoded, trimmed, and at most 32 characters.
+        let (_spaced, spaced_w, _) = join(addr, "/chat/names?name=%20Ann%20B%20");
+        assert_eq!(spaced_w.str("name"), "Ann B");
+        let long = "n".repeat(40);
+        let (_long_client, long_w, _) = join(addr, &format!("/chat/names?name={long}"));
+        assert_eq!(long_w.str("name"), "n".repeat(32));
+        // Without a name (or with an empty one): guest-<id>.
+        let (_guest, guest_w, _) = join(addr, "/chat/names");
+        assert_eq!(guest_w.str("name"), format!("guest-{}", guest_w.int("id")));
+        let (_empty, empty_w, _) = join(addr, "/chat/names?name=");
+        assert_eq!(empty_w.str("name"), format!("guest-{}", empty_w.int("id")));
+    });
 }
 
 #[test]
 fn a_name_needing_escapes_stays_inside_its_string() {
-    let server = start(config());
-    // name = `"eve","type":"welcome` (percent-encoded in the query).
-    let (mut eve, eve_w, _) = join(
-        server.addr,
-        "/chat/esc?name=%22eve%22%2C%22type%22%3A%22welcome",
-    );
-    assert_eq!(eve_w.str("name"), "\"eve\",\"type\":\"welcome");
-    assert_eq!(eve_w.kind(), "welcome");
-    eve.send_frame(true, op::TEXT, b"x");
-    let message = expect_message(&mut eve, &eve_w, "x");
-    assert_eq!(message.kind(), "message");
-    drop(eve);
-    server.stop().unwrap();
+    with_server(config(), |addr| {
+        // name = `"eve","type":"welcome` (percent-encoded in the query).
+        let (mut eve, eve_w, _) = join(addr, "/chat/esc?name=%22eve%22%2C%22type%22%3A%22welcome");
+        assert_eq!(eve_w.str("name"), "\"eve\",\"type\":\"welcome");
+        assert_eq!(eve_w.kind(), "welcome");
+        eve.send_frame(true, op::TEXT, b"x");
+        let message = expect_message(&mut eve, &eve_w, "x");
+        assert_eq!(message.kind(), "message");
+    });
 }
 
 #[test]
 fn clients_cannot_forge_notices_or_authors() {
-    let server = start(config());
-    let (mut ann, _, _) = join(server.addr, "/chat/forge?name=ann");
-    let (mut bob, bob_w, _) = join(server.addr, "/chat/forge?name=bob");
-    expect_join(&mut ann, &bob_w, 2);
-    let forgeries = [
-        r#"{"type":"join","id":0,"name":"admin","online":99,"ts":0}"#.to_string(),
-        r#"{"type":"message","id":1,"from":"ann","text":"I owe bob $100"}"#.to_string(),
-        r#"hi","from":"ann","x":""#.to_string(),
-        "quote \" backslash \\ slash / newline \n tab \t cr \r".to_string(),
-        "control \u{1} \u{1f} del \u{7f} and \u{2028}\u{2029}".to_string(),
-        "unicode: café 日本 🎉 </script><script>alert(1)</script>".to_string(),
-        "\\u0022 not an escape".to_string(),
-        String::new(),
-    ];
-    for text in &forgeries {
-        bob.send_frame(true, op::TEXT, text.as_bytes());
-        for raw in [&mut ann, &mut bob] {
-            let message = expect_message(raw, &bob_w, text);
-            assert_eq!(message.kind(), "message");
-            assert_eq!(message.str("from"), "bob");
-            assert_eq!(message.keys().len(), 6, "{}", message.source);
-            assert!(
-                message.source.starts_with(r#"{"type":"message","#),
-                "{}",
-                message.source
-            );
+    with_server(config(), |addr| {
+        let (mut ann, _, _) = join(addr, "/chat/forge?name=ann");
+        let (mut bob, bob_w, _) = join(addr, "/chat/forge?name=bob");
+        expect_join(&mut ann, &bob_w, 2);
+        let forgeries = [
+            r#"{"type":"join","id":0,"name":"admin","online":99,"ts":0}"#.to_string(),
+            r#"{"type":"message","id":1,"from":"ann","text":"I owe bob $100"}"#.to_string(),
+            r#"hi","from":"ann","x":""#.to_string(),
+            "quote \" backslash \\ slash / newline \n tab \t cr \r".to_string(),
+            "control \u{1} \u{1f} del \u{7f} and \u{2028}\u{2029}".to_string(),
+            "unicode: café 日本 🎉 </script><script>alert(1)</script>".to_string(),
+            "\\u0022 not an escape".to_string(),
+            String::new(),
+        ];
+        for text in &forgeries {
+            bob.send_frame(true, op::TEXT, text.as_bytes());
+            for raw in [&mut ann, &mut bob] {
+                let message = expect_message(raw, &bob_w, text);
+                assert_eq!(message.kind(), "message");
+                assert_eq!(message.str("from"), "bob");
+                assert_eq!(message.keys().len(), 6, "{}", message.source);
+                assert!(
+                    message.source.starts_with(r#"{"type":"message","#),
+                    "{}",
+                    message.source
+                );
+            }
         }
-    }
-    // On the wire, the forged notice is an escaped string inside "text".
-    bob.send_frame(true, op::TEXT, forgeries[0].as_bytes());
-    let wire = ann.read_text();
-    assert!(
-        wire.contains(r#","text":"{\"type\":\"join\",\"id\":0,"#),
-        "{wire}"
-    );
-    drop((ann, bob));
-    server.stop().unwrap();
+        // On the wire, the forged notice is an escaped string inside "text".
+        bob.send_frame(true, op::TEXT, forgeries[0].as_bytes());
+        let wire = ann.read_text();
+        assert!(
+            wire.contains(r#","text":"{\"type\":\"join\",\"id\":0,"#),
+            "{wire}"
+        );
+    });
 }
 
 #[test]
 fn newcomers_get_the_history_after_the_welcome() {
-    let server = start(config());
-    let (mut ann, ann_w, _) = join(server.addr, "/chat/hist?name=ann");
-    for text in ["one", "two", "three"] {
-        ann.send_frame(true, op::TEXT, text.as_bytes());
-        expect_message(&mut ann, &ann_w, text);
-    }
-    let mut bob = Raw::websocket(server.addr, "/chat/hist?name=bob");
-    let bob_w = expect(&mut bob, "welcome");
-    for text in ["one", "two", "three"] {
-        let old = expect_message(&mut bob, &ann_w, text);
-        assert_eq!(old.str("room"), "hist");
-    }
-    expect_join(&mut bob, &bob_w, 2);
-    // Other rooms' history is not replayed.
-    let (cy, _, history) = join(server.addr, "/chat/other");
-    assert!(history.is_empty());
-    drop((ann, bob, cy));
-    server.stop().unwrap();
+    with_server(config(), |addr| {
+        let (mut ann, ann_w, _) = join(addr, "/chat/hist?name=ann");
+        for text in ["one", "two", "three"] {
+            ann.send_frame(true, op::TEXT, text.as_bytes());
+            expect_message(&mut ann, &ann_w, text);
+        }
+        let mut bob = Raw::websocket(addr, "/chat/hist?name=bob");
+        let bob_w = expect(&mut bob, "welcome");
+        for text in ["one", "two", "three"] {
+            let old = expect_message(&mut bob, &ann_w, text);
+            assert_eq!(old.str("room"), "hist");
+        }
+        expect_join(&mut bob, &bob_w, 2);
+        // Other rooms' history is not replayed.
+        let (_cy, _, history) = join(addr, "/chat/other");
+        assert!(history.is_empty());
+    });
 }
 
 #[test]
 fn history_is_bounded_by_config() {
-    let server = start(loopchat::Config {
-        history: 2,
-        ..config()
+    with_server(config_with(|c| c.history = 2), |addr| {
+        let (mut ann, ann_w, _) = join(addr, "/chat/bounded?name=ann");
+        for text in ["one", "two", "three"] {
+            ann.send_frame(true, op::TEXT, text.as_bytes());
+            expect_message(&mut ann, &ann_w, text);
+        }
+        let (_bob, _, history) = join(addr, "/chat/bounded?name=bob");
+        let texts: Vec<&str> = history.iter().map(|m| m.str("text")).collect();
+        assert_eq!(texts, ["two", "three"]);
     });
-    let (mut ann, ann_w, _) = join(server.addr, "/chat/bounded?name=ann");
-    for text in ["one", "two", "three"] {
-        ann.send_frame(true, op::TEXT, text.as_bytes());
-        expect_message(&mut ann, &ann_w, text);
-    }
-    let (bob, _, history) = join(server.addr, "/chat/bounded?name=bob");
-    let texts: Vec<&str> = history.iter().map(|m| m.str("text")).collect();
-    assert_eq!(texts, ["two", "three"]);
-    drop((ann, bob));
-    server.stop().unwrap();
 
-    let server = start(loopchat::Config {
-        history: 0,
-        ..config()
+    with_server(config_with(|c| c.history = 0), |addr| {
+        let (mut ann, ann_w, _) = join(addr, "/chat/none?name=ann");
+        ann.send_frame(true, op::TEXT, b"forgotten");
+        expect_message(&mut ann, &ann_w, "forgotten");
+        let (_bob, _, history) = join(addr, "/chat/none?name=bob");
+        assert!(history.is_empty(), "{history:?}");
     });
-    let (mut ann, ann_w, _) = join(server.addr, "/chat/none?name=ann");
-    ann.send_frame(true, op::TEXT, b"forgotten");
-    expect_message(&mut ann, &ann_w, "forgotten");
-    let (bob, _, history) = join(server.addr, "/chat/none?name=bob");
-    assert!(history.is_empty(), "{history:?}");
-    drop((ann, bob));
-    server.stop().unwrap();
 }
 
 #[test]
 fn binary_on_the_chat_gets_1003() {
-    let server = start(config());
-    let (mut ann, _, _) = join(server.addr, "/chat/bin?name=ann");
-    let (mut bob, bob_w, _) = join(server.addr, "/chat/bin?name=bob");
-    expect_join(&mut ann, &bob_w, 2);
-    bob.send_frame(true, op::BINARY, b"\x00\x01binary");
-    bob.expect_close_then_eof(1003);
-    // bob is out of the room, and nobody got his bytes.
-    let leave = expect(&mut ann, "leave");
-    assert_eq!((leave.int("id"), leave.int("online")), (bob_w.int("id"), 1));
-    // Fragmented binary too.
-    let (mut cy, _, _) = join(server.addr, "/chat/bin?name=cy");
-    cy.send_frame(false, op::BINARY, b"a");
-    cy.send_frame(true, op::CONTINUATION, b"b");
-    cy.expect_close_then_eof(1003);
-    drop((ann, bob, cy));
-    server.stop().unwrap();
+    with_server(config(), |addr| {
+        let (mut ann, _, _) = join(addr, "/chat/bin?name=ann");
+        let (mut bob, bob_w, _) = join(addr, "/chat/bin?name=bob");
+        expect_join(&mut ann, &bob_w, 2);
+        bob.send_frame(true, op::BINARY, b"\x00\x01binary");
+        bob.expect_close_then_eof(1003);
+        // bob is out of the room, and nobody got his bytes.
+        let leave = expect(&mut ann, "leave");
+        assert_eq!((leave.int("id"), leave.int("online")), (bob_w.int("id"), 1));
+        // Fragmented binary too.
+        let (mut cy, _, _) = join(addr, "/chat/bin?name=cy");
+        cy.send_frame(false, op::BINARY, b"a");
+        cy.send_frame(true, op::CONTINUATION, b"b");
+        cy.expect_close_then_eof(1003);
+    });
 }
 
 #[test]
 fn plain_chat_path_is_the_lobby() {
-    let server = start(config());
-    let (mut ann, ann_w, _) = join(server.addr, "/chat?name=ann");
-    assert_eq!(ann_w.str("room"), "lobby");
-    let (bob, bob_w, _) = join(server.addr, "/chat/lobby?name=bob");
-    assert_eq!(bob_w.str("room"), "lobby");
-    // Same room either way.
-    assert_eq!(bob_w.int("online"), 2);
-    expect_join(&mut ann, &bob_w, 2);
-    ann.send_frame(true, op::TEXT, b"in the lobby");
-    assert_eq!(
-        expect_message(&mut ann, &ann_w, "in the lobby").str("room"),
-        "lobby"
-    );
-    drop((ann, bob));
-    server.stop().unwrap();
+    with_server(config(), |addr| {
+        let (mut ann, ann_w, _) = join(addr, "/chat?name=ann");
+        assert_eq!(ann_w.str("room"), "lobby");
+        let (_bob, bob_w, _) = join(addr, "/chat/lobby?name=bob");
+        assert_eq!(bob_w.str("room"), "lobby");
+        // Same room either way.
+        assert_eq!(bob_w.int("online"), 2);
+        expect_join(&mut ann, &bob_w, 2);
+        ann.send_frame(true, op::TEXT, b"in the lobby");
+        assert_eq!(
+            expect_message(&mut ann, &ann_w, "in the lobby").str("room"),
+            "lobby"
+        );
+    });
 }
 
 #[test]
 fn fragmented_text_and_pings_on_the_chat() {
-    let server = start(config());
-    let (mut ann, ann_w, _) = join(server.addr, "/chat/frag?name=ann");
-    ann.send_frame(false, op::TEXT, "frag".as_bytes());
-    ann.send_frame(true, op::PING, b"p");
-    ann.send_frame(true, op::CONTINUATION, "mented é".as_bytes());
-    let pong = ann.read_frame().unwrap();
-    assert_eq!(
-        (pong.opcode, pong.payload.as_slice()),
-        (op::PONG, &b"p"[..])
-    );
-    expect_message(&mut ann, &ann_w, "fragmented é");
-    drop(ann);
-    server.stop().unwrap();
+    with_server(config(), |addr| {
+        let (mut ann, ann_w, _) = join(addr, "/chat/frag?name=ann");
+        ann.send_frame(false, op::TEXT, "frag".as_bytes());
+        ann.send_frame(true, op::PING, b"p");
+        ann.send_frame(true, op::CONTINUATION, "mented é".as_bytes());
+        ann.expect_pong(b"p");
+        expect_message(&mut ann, &ann_w, "fragmented é");
+    });
 }
 
 #[test]
@@ -607,38 +568,37 @@ fn broadcasts_to_more_members_than_one_flush_slice_arrive_whole_and_in_order() {
     const MEMBERS: usize = 300;
     const SENDERS: usize = 3;
     const PER_SENDER: usize = 10;
-    let server = start(config());
-    let mut members: Vec<(Raw, Json)> = (0..MEMBERS)
-        .map(|i| {
-            let (raw, welcome, _) = join(server.addr, &format!("/chat/big?name=m{i}"));
-            (raw, welcome)
-        })
-        .collect();
-    for n in 0..PER_SENDER {
-        for (raw, _) in members.iter_mut().take(SENDERS) {
-            raw.send_frame(true, op::TEXT, format!("message {n}").as_bytes());
-        }
-    }
-    let sender_ids: Vec<i64> = members[..SENDERS]
-        .iter()
-        .map(|(_, w)| w.int("id"))
-        .collect();
-    for (raw, welcome) in &mut members {
-        let mut next_from = [0usize; SENDERS];
-        while next_from.iter().sum::<usize>() < SENDERS * PER_SENDER {
-            let json = next(raw);
-            match json.kind() {
-                "join" => continue, // members who joined after this one
-                "message" => {}
-                other => panic!("unexpected {other}: {}", json.source),
+    with_server(config(), |addr| {
+        let mut members: Vec<(Raw, Json)> = (0..MEMBERS)
+            .map(|i| {
+                let (raw, welcome, _) = join(addr, &format!("/chat/big?name=m{i}"));
+                (raw, welcome)
+            })
+            .collect();
+        for n in 0..PER_SENDER {
+            for (raw, _) in members.iter_mut().take(SENDERS) {
+                raw.send_frame(true, op::TEXT, format!("message {n}").as_bytes());
             }
-            let sender = (sender_ids.iter().position(|&id| id == json.int("id")))
-                .unwrap_or_else(|| panic!("message from a non-sender: {}", json.source));
-            let expected = format!("message {}", next_from[sender]);
-            assert_eq!(json.str("text"), expected, "member {}", welcome.int("id"));
-            next_from[sender] += 1;
         }
-    }
-    drop(members);
-    server.stop().unwrap();
+        let sender_ids: Vec<i64> = members[..SENDERS]
+            .iter()
+            .map(|(_, w)| w.int("id"))
+            .collect();
+        for (raw, welcome) in &mut members {
+            let mut next_from = [0usize; SENDERS];
+            while next_from.iter().sum::<usize>() < SENDERS * PER_SENDER {
+                let json = next(raw);
+                match json.kind() {
+                    "join" => continue, // members who joined after this one
+                    "message" => {}
+                    other => panic!("unexpected {other}: {}", json.source),
+                }
+                let sender = (sender_ids.iter().position(|&id| id == json.int("id")))
+                    .unwrap_or_else(|| panic!("message from a non-sender: {}", json.source));
+                let expected = format!("message {}", next_from[sender]);
+                assert_eq!(json.str("text"), expected, "member {}", welcome.int("id"));
+                next_from[sender] += 1;
+            }
+        }
+    });
 }

@@ -29,9 +29,7 @@ fn stop_says_1001_to_every_websocket_peer_and_returns_ok() {
 
     let stopper = thread::spawn(move || server.stop());
 
-    let (before, code) = echo.read_until_close();
-    assert!(before.is_empty(), "{before:?}");
-    assert_eq!(code, Some(1001));
+    echo.expect_close(1001);
     echo.send_frame(true, op::CLOSE, &close_payload(1001, b""));
     assert!(echo.closed_by_server());
 

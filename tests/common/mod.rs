@@ -1,10 +1,14 @@
-//! Helpers shared by the integration tests: a server on 127.0.0.1 port 0, a raw
-//! WebSocket client that speaks bytes (for malformed input), HTTP over a raw
-//! socket, and the metrics page. Every read has a timeout, so a broken server
-//! fails a test instead of hanging it.
+//! Helpers shared by the integration tests: a server on 127.0.0.1 port 0 for the
+//! length of a test ([`with_server`]), a raw WebSocket client that speaks bytes
+//! (for malformed input), HTTP over a raw socket, and the metrics page. Every read
+//! has a timeout, so a broken server fails a test instead of hanging it.
+//!
+//! Each test binary compiles this module on its own and uses only some of it
+//! (`http.rs` runs no child process, `shutdown.rs` no echo fixture), so unused
+//! helpers are allowed rather than warned about in every binary.
 #![allow(dead_code)]
 
-use loopchat::{Config, RunningServer};
+use loopchat::{Config, RunningServer, ServerHandle};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -22,9 +26,46 @@ pub fn config() -> Config {
     }
 }
 
-/// Starts a server with `config` on its own thread.
+/// The test configuration with `change` applied: `config_with(|c| c.history = 2)`.
+pub fn config_with(change: impl FnOnce(&mut Config)) -> Config {
+    let mut config = config();
+    change(&mut config);
+    config
+}
+
+/// Starts a server with `config` on its own thread. Tests that are not about
+/// stopping the server use [`with_server`] instead.
 pub fn start(config: Config) -> RunningServer {
     loopchat::spawn(config).expect("server starts")
+}
+
+/// The fixture of (almost) every test: starts a server with `config`, runs `test`
+/// with its address, then stops it and asserts that it stopped cleanly. Whatever
+/// `test` opened is closed (dropped) before the stop. If `test` panics, the server
+/// is left running until the test process ends.
+pub fn with_server(config: Config, test: impl FnOnce(SocketAddr)) {
+    with_stoppable_server(config, |addr, _| test(addr));
+}
+
+/// [`with_server`] for a test that starts the shutdown itself, with the
+/// [`ServerHandle`] it is given, to watch what its peers get; the stop at the end
+/// then waits for the server's thread and asserts, as always, a clean stop.
+pub fn with_stoppable_server(config: Config, test: impl FnOnce(SocketAddr, &ServerHandle)) {
+    let server = start(config);
+    test(server.addr, &server.handle);
+    server.stop().expect("the server stops cleanly");
+}
+
+/// [`with_server`] with the default test configuration and one TCP connection
+/// to it, for the HTTP rules that one client can show.
+pub fn with_connection(test: impl FnOnce(&mut Raw)) {
+    with_server(config(), |addr| test(&mut Raw::connect(addr)));
+}
+
+/// [`with_server`] with the default test configuration and one WebSocket
+/// connection to its `/echo`, for the RFC 6455 rules that one peer can show.
+pub fn with_echo(test: impl FnOnce(&mut Raw)) {
+    with_server(config(), |addr| test(&mut Raw::websocket(addr, "/echo")));
 }
 
 /// A WebSocket opcode, as on the wire.
@@ -351,17 +392,80 @@ impl Raw {
         frame.text().to_string()
     }
 
+    /// Sends `text` in one text frame and asserts that the next frame is its echo:
+    /// the same text, in one text frame.
+    #[track_caller]
+    pub fn expect_echo(&mut self, text: &str) {
+        self.send_frame(true, op::TEXT, text.as_bytes());
+        assert_eq!(self.read_text(), text);
+    }
+
+    /// Asserts that the next frame is a pong carrying `payload` (RFC 6455 §5.5.3:
+    /// the application data of the ping it answers).
+    #[track_caller]
+    pub fn expect_pong(&mut self, payload: &[u8]) {
+        let pong = self
+            .read_frame()
+            .expect("a pong, not the end of the connection");
+        assert_eq!((pong.opcode, pong.payload.as_slice()), (op::PONG, payload));
+    }
+
     /// Asserts that the next thing from the server is a close frame with `code`,
-    /// with no data frame before it, and that the server then ends TCP without
-    /// sending anything more.
+    /// with no data frame before it.
+    #[track_caller]
+    pub fn expect_close(&mut self, code: u16) {
+        self.expect_close_for("", code);
+    }
+
+    /// Asserts that the server ends TCP (EOF or reset) without sending anything
+    /// more: after its close frame, or after a response that closes.
+    #[track_caller]
+    pub fn expect_eof(&mut self) {
+        self.expect_eof_for("");
+    }
+
+    /// [`Raw::expect_close`], then [`Raw::expect_eof`]: how the server ends a
+    /// WebSocket connection, whether the client or the server started the close.
+    #[track_caller]
     pub fn expect_close_then_eof(&mut self, code: u16) {
+        self.expect_close_then_eof_for("", code);
+    }
+
+    /// [`Raw::expect_close_then_eof`] for one `case` of several, which a failure
+    /// names.
+    #[track_caller]
+    pub fn expect_close_then_eof_for(&mut self, case: &str, code: u16) {
+        self.expect_close_for(case, code);
+        self.expect_eof_for(case);
+    }
+
+    #[track_caller]
+    fn expect_close_for(&mut self, case: &str, code: u16) {
+        let case = failure_prefix(case);
         let (before, got) = self.read_until_close();
-        assert!(before.is_empty(), "frames before the close: {before:?}");
-        assert_eq!(got, Some(code), "close code");
+        assert!(
+            before.is_empty(),
+            "{case}frames before the close: {before:?}"
+        );
+        assert_eq!(got, Some(code), "{case}close code");
+    }
+
+    #[track_caller]
+    fn expect_eof_for(&mut self, case: &str) {
+        let case = failure_prefix(case);
         let rest = self
             .read_to_eof()
-            .expect("the server should close TCP after its close frame");
-        assert!(rest.is_empty(), "bytes after the close frame: {rest:?}");
+            .unwrap_or_else(|| panic!("{case}the server did not end the connection"));
+        assert!(rest.is_empty(), "{case}bytes before the end: {rest:?}");
+    }
+}
+
+/// `"case: "` to start a failure message with, or nothing for no case.
+fn failure_prefix(case: &str) -> String {
+    if case.is_empty() {
+        String::new()
+    } else {
+        format!("{case}: ")
     }
 }
 
@@ -411,12 +515,35 @@ pub fn metric_in(page: &str, name: &str) -> u64 {
 /// The connection asking for the page is itself one open HTTP connection, so a
 /// server with nobody else connected reports `(1, 0, 0)`.
 pub fn open_by_phase(addr: SocketAddr) -> Option<(u64, u64, u64)> {
-    let page = try_metrics(addr)?;
-    Some((
-        metric_in(&page, "loopchat_connections_open{phase=\"http\"}"),
-        metric_in(&page, "loopchat_connections_open{phase=\"websocket\"}"),
-        metric_in(&page, "loopchat_connections_open{phase=\"closing\"}"),
-    ))
+    try_metrics(addr).map(|page| open_in(&page))
+}
+
+/// Open connections `(http, websocket, closing)` in a page returned by
+/// [`try_metrics`].
+fn open_in(page: &str) -> (u64, u64, u64) {
+    (
+        metric_in(page, "loopchat_connections_open{phase=\"http\"}"),
+        metric_in(page, "loopchat_connections_open{phase=\"websocket\"}"),
+        metric_in(page, "loopchat_connections_open{phase=\"closing\"}"),
+    )
+}
+
+/// Waits until [`open_by_phase`] reads `expected`. Returns the last reading if
+/// that does not happen in `timeout`.
+pub fn wait_until_open(
+    addr: SocketAddr,
+    expected: (u64, u64, u64),
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut open = None;
+    if eventually(timeout, || {
+        open = open_by_phase(addr);
+        open == Some(expected)
+    }) {
+        Ok(())
+    } else {
+        Err(format!("open (http, websocket, closing) = {open:?}"))
+    }
 }
 
 /// Waits until nobody but the metrics request itself is connected, and no chat
@@ -425,11 +552,7 @@ pub fn wait_until_empty(addr: SocketAddr, timeout: Duration) -> Result<(), Strin
     let mut last = String::from("no reading");
     let empty = eventually(timeout, || match try_metrics(addr) {
         Some(page) => {
-            let open = (
-                metric_in(&page, "loopchat_connections_open{phase=\"http\"}"),
-                metric_in(&page, "loopchat_connections_open{phase=\"websocket\"}"),
-                metric_in(&page, "loopchat_connections_open{phase=\"closing\"}"),
-            );
+            let open = open_in(&page);
             let rooms = metric_in(&page, "loopchat_rooms");
             last = format!("open (http, websocket, closing) = {open:?}, rooms = {rooms}");
             open == (1, 0, 0) && rooms == 0
