@@ -1,17 +1,20 @@
 //! Every tunable and limit of the server, with its default, its flag and its check.
 //!
 //! `Config::default()` is what `cargo run --release` uses; [`parse_args`] turns the
-//! command line into a `Config`. A limit that is crossed at run time gets the close
-//! code or HTTP status of the RFC that governs it; see the README's table.
+//! command line (and `RUST_LOG`) into a `Config`, or into a message that names the
+//! flag at fault and says what it accepts. A limit that is crossed at run time gets
+//! the close code or HTTP status of the RFC that governs it; see the README's table.
 
-use std::net::SocketAddr;
+use crate::handshake;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// The server's settings. Every field has a command-line flag.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `--addr`: the address to listen on.
+    /// `--addr`: the address to listen on. The flag also takes `:PORT` (all
+    /// interfaces) and `HOST:PORT` with a host name (its first address).
     pub addr: SocketAddr,
     /// `--static-dir`: serve files from this folder instead of the embedded page.
     pub static_dir: Option<PathBuf>,
@@ -69,6 +72,10 @@ pub struct Config {
     /// `--allowed-origin` (repeatable): browser origins allowed besides the
     /// server's own; `*` allows all.
     pub allowed_origins: Vec<String>,
+    /// `--subprotocol` (repeatable): WebSocket subprotocols the server answers
+    /// to, each an RFC 7230 token. Of a client's `Sec-WebSocket-Protocol` offer,
+    /// the first one on this list is selected (RFC 6455 §4.2.2); none if empty.
+    pub subprotocols: Vec<String>,
     /// `--shutdown-timeout`: on SIGINT/SIGTERM, how long to flush close frames.
     pub shutdown_timeout: Duration,
     /// `--permessage-deflate`: offer RFC 7692 compression to clients that ask.
@@ -103,6 +110,7 @@ impl Default for Config {
             history_budget: 32 << 20,
             max_connections_per_ip: None,
             allowed_origins: Vec::new(),
+            subprotocols: Vec::new(),
             shutdown_timeout: Duration::from_secs(2),
             permessage_deflate: false,
             deflate_min_size: 256,
@@ -122,7 +130,9 @@ Serves the chat page at http://ADDR/, the chat at ws://ADDR/chat[/ROOM]
 (?name=NICK), an echo endpoint at ws://ADDR/echo, and metrics at /metrics.
 
 OPTIONS:
-    --addr ADDR               listen address [default: 127.0.0.1:8080]
+    --addr ADDR               listen address: IP:PORT, HOST:PORT (first address
+                              HOST resolves to), or :PORT for all interfaces
+                              [default: 127.0.0.1:8080]
     --static-dir DIR          serve files from DIR instead of the embedded page
     --log-level LEVEL         off|error|warn|info|debug|trace [default: info, or RUST_LOG]
     --ping-interval DUR       ping every peer this often; no pong by the next ping
@@ -156,15 +166,24 @@ OPTIONS:
                               get 503 [default: no limit]
     --allowed-origin ORIGIN   allow browser pages from ORIGIN (repeatable; * for any)
                               [default: only the server's own origin]
+    --subprotocol NAME        answer a client that offers WebSocket subprotocol NAME
+                              with it (repeatable; the client's first offer on the
+                              list wins) [default: none selected]
     --shutdown-timeout DUR    time to flush close frames on SIGINT/SIGTERM [default: 2s]
     --permessage-deflate      compress messages for clients that offer it (RFC 7692)
                               [default: off]
     --deflate-min-size SIZE   messages shorter than this go out uncompressed [default: 256]
     --deflate-level N         1 (fastest) to 9 (smallest) [default: 1]
     -h, --help                print this help
+    -V, --version             print the version
 
-DUR is seconds (\"30\", \"0.5\", \"30s\") or milliseconds (\"250ms\").
-SIZE is bytes with an optional suffix: K, KiB, M, MiB (1024-based).
+A flag takes its value as \"--flag VALUE\" or \"--flag=VALUE\".
+DUR is a number with an optional unit: ms, s, m (minutes) or h; a bare number
+is seconds (\"30\", \"0.5\", \"250ms\", \"90s\", \"2m\", \"1h\").
+SIZE is a whole number of bytes with an optional unit, in any case: B, k/KB/KiB,
+m/MB/MiB, g/GB/GiB; all are 1024-based (\"64k\" = \"64KB\" = \"64KiB\" = 65536).
+RUST_LOG, if set and --log-level is not given, is read for a LEVEL or
+loopchat=LEVEL directive (directives for other crates are ignored).
 ";
 
 /// What the command line asked for.
@@ -172,177 +191,303 @@ SIZE is bytes with an optional suffix: K, KiB, M, MiB (1024-based).
 pub enum Command {
     Run(Box<Config>),
     Help,
+    Version,
 }
 
+/// The log levels, as a message lists them.
+const LEVELS: &str = "off, error, warn, info, debug or trace";
+
 /// Parses the arguments after the program name. `rust_log` is the value of the
-/// `RUST_LOG` variable, used when `--log-level` is not given.
+/// `RUST_LOG` variable, used when `--log-level` is not given; a value that is
+/// not a level is an error then, as a bad `--log-level` is.
+///
+/// An error is one line naming the flag (or `RUST_LOG`) and what it accepts.
+/// A flag's value is the next argument unless that starts with `--`: then the
+/// flag has no value, and the next argument is not swallowed as one.
 pub fn parse_args<I>(args: I, rust_log: Option<&str>) -> Result<Command, String>
 where
     I: IntoIterator<Item = String>,
 {
     let mut config = Config::default();
-    if let Some(level) = rust_log.and_then(level_from_rust_log) {
-        config.log_level = level;
-    }
-    let mut args = args.into_iter();
+    let mut log_level_given = false;
+    let mut args = args.into_iter().peekable();
     while let Some(arg) = args.next() {
+        if arg.len() < 2 || !arg.starts_with('-') {
+            return Err(format!(
+                "unexpected argument {arg:?} (loopchat takes options only)"
+            ));
+        }
         // Accept both "--flag value" and "--flag=value".
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
-        if flag == "-h" || flag == "--help" {
-            return Ok(Command::Help);
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            _ => {}
         }
         let mut value = || {
             inline
                 .clone()
-                .or_else(|| args.next())
+                .or_else(|| args.next_if(|next| !next.starts_with("--")))
+                .filter(|v| !v.is_empty())
                 .ok_or_else(|| format!("{flag} needs a value"))
         };
-        let bad = |what: &str, v: &str| format!("{flag}: {what}: {v:?}");
+        let with_flag = |message: String| format!("{flag}: {message}");
         match flag.as_str() {
-            "--addr" => {
-                let v = value()?;
-                config.addr = v
-                    .parse()
-                    .map_err(|_| bad("not an address like 127.0.0.1:8080", &v))?;
-            }
+            "--addr" => config.addr = parse_addr(&value()?).map_err(with_flag)?,
             "--static-dir" => {
                 let dir = PathBuf::from(value()?);
                 if !dir.is_dir() {
-                    return Err(bad("not a directory", &dir.display().to_string()));
+                    return Err(with_flag(format!("{:?} is not a directory", dir.display())));
                 }
                 config.static_dir = Some(dir);
             }
             "--log-level" => {
                 let v = value()?;
-                config.log_level = parse_level(&v).map_err(|e| format!("{flag}: {e}"))?;
+                config.log_level = v
+                    .parse()
+                    .map_err(|_| with_flag(format!("{v:?} is not a log level (use {LEVELS})")))?;
+                log_level_given = true;
             }
-            "--ping-interval" => config.ping_interval = positive_duration(&flag, &value()?)?,
-            "--max-message-size" => config.max_message_size = positive_size(&flag, &value()?)?,
+            "--ping-interval" => config.ping_interval = duration(&value()?).map_err(with_flag)?,
+            "--max-message-size" => config.max_message_size = size(&value()?).map_err(with_flag)?,
             "--max-chat-message-size" => {
-                config.max_chat_message_size = positive_size(&flag, &value()?)?
+                config.max_chat_message_size = size(&value()?).map_err(with_flag)?
             }
-            "--input-budget" => config.input_budget = positive_size(&flag, &value()?)?,
-            "--message-timeout" => config.message_timeout = positive_duration(&flag, &value()?)?,
-            "--message-min-rate" => config.message_min_rate = size(&flag, &value()?)?,
-            "--history-budget" => config.history_budget = size(&flag, &value()?)?,
+            "--input-budget" => config.input_budget = size(&value()?).map_err(with_flag)?,
+            "--message-timeout" => {
+                config.message_timeout = duration(&value()?).map_err(with_flag)?
+            }
+            "--message-min-rate" => {
+                config.message_min_rate = size_or_zero(&value()?).map_err(with_flag)?
+            }
+            "--history-budget" => {
+                config.history_budget = size_or_zero(&value()?).map_err(with_flag)?
+            }
             "--max-connections-per-ip" => {
-                config.max_connections_per_ip = Some(positive_count(&flag, &value()?)?)
+                config.max_connections_per_ip = Some(positive_count(&value()?).map_err(with_flag)?)
             }
-            "--max-output" => config.max_output = positive_size(&flag, &value()?)?,
-            "--max-header-bytes" => config.max_header_bytes = positive_size(&flag, &value()?)?,
-            "--max-headers" => config.max_headers = positive_count(&flag, &value()?)?,
+            "--max-output" => config.max_output = size(&value()?).map_err(with_flag)?,
+            "--max-header-bytes" => config.max_header_bytes = size(&value()?).map_err(with_flag)?,
+            "--max-headers" => config.max_headers = positive_count(&value()?).map_err(with_flag)?,
             "--handshake-timeout" => {
-                config.handshake_timeout = positive_duration(&flag, &value()?)?
+                config.handshake_timeout = duration(&value()?).map_err(with_flag)?
             }
-            "--close-timeout" => config.close_timeout = positive_duration(&flag, &value()?)?,
-            "--max-connections" => config.max_connections = Some(positive_count(&flag, &value()?)?),
-            "--history" => config.history = count(&flag, &value()?)?,
-            "--history-bytes" => config.history_bytes = positive_size(&flag, &value()?)?,
-            "--idle-rooms" => config.idle_rooms = count(&flag, &value()?)?,
+            "--close-timeout" => config.close_timeout = duration(&value()?).map_err(with_flag)?,
+            "--max-connections" => {
+                config.max_connections = Some(positive_count(&value()?).map_err(with_flag)?)
+            }
+            "--history" => config.history = count(&value()?).map_err(with_flag)?,
+            "--history-bytes" => config.history_bytes = size(&value()?).map_err(with_flag)?,
+            "--idle-rooms" => config.idle_rooms = count(&value()?).map_err(with_flag)?,
             "--allowed-origin" => config.allowed_origins.push(value()?),
-            "--shutdown-timeout" => config.shutdown_timeout = positive_duration(&flag, &value()?)?,
+            "--subprotocol" => {
+                let name = value()?;
+                if !handshake::is_token(&name) {
+                    return Err(with_flag(format!(
+                        "{name:?} is not a token (letters, digits and !#$%&'*+-.^_`|~ only; \
+                         RFC 7230 §3.2.6)"
+                    )));
+                }
+                if !config.subprotocols.contains(&name) {
+                    config.subprotocols.push(name);
+                }
+            }
+            "--shutdown-timeout" => {
+                config.shutdown_timeout = duration(&value()?).map_err(with_flag)?
+            }
             "--permessage-deflate" if cfg!(feature = "deflate") => config.permessage_deflate = true,
             "--permessage-deflate" => {
-                return Err(format!(
-                    "{flag}: this loopchat was built without the `deflate` feature"
+                return Err(with_flag(
+                    "this loopchat was built without the `deflate` feature".into(),
                 ))
             }
-            "--deflate-min-size" => config.deflate_min_size = size(&flag, &value()?)?,
+            "--deflate-min-size" => {
+                config.deflate_min_size = size_or_zero(&value()?).map_err(with_flag)?
+            }
             "--deflate-level" => {
                 let v = value()?;
                 config.deflate_level = match v.trim().parse() {
                     Ok(level @ 1..=9) => level,
-                    _ => return Err(bad("not a level from 1 to 9", &v)),
+                    _ => return Err(with_flag(format!("{v:?} is not a level from 1 to 9"))),
                 };
             }
-            _ => return Err(format!("unknown option {arg:?} (see --help)")),
+            _ => return Err(format!("unknown option {arg:?}")),
+        }
+    }
+    if let (false, Some(value)) = (log_level_given, rust_log) {
+        if let Some(level) = level_from_rust_log(value)? {
+            config.log_level = level;
         }
     }
     Ok(Command::Run(Box::new(config)))
 }
 
 /// The level `RUST_LOG` sets for this crate: a `loopchat=LEVEL` directive, else a
-/// bare `LEVEL` one (as in `RUST_LOG=warn,loopchat=debug`). Directives for other
-/// crates are ignored, since this logger has one level.
-fn level_from_rust_log(value: &str) -> Option<log::LevelFilter> {
-    let directives: Vec<&str> = value.split(',').map(str::trim).collect();
-    let ours = directives
-        .iter()
-        .find_map(|d| d.strip_prefix("loopchat="))
-        .and_then(|l| l.parse().ok());
-    ours.or_else(|| directives.iter().find_map(|d| d.parse().ok()))
+/// bare `LEVEL` one (as in `RUST_LOG=warn,loopchat=debug`); `None` if it has
+/// neither. Directives for other crates are ignored, since this logger has one
+/// level, but a directive that is not `LEVEL` or `TARGET=LEVEL` is an error.
+fn level_from_rust_log(value: &str) -> Result<Option<log::LevelFilter>, String> {
+    let (mut ours, mut bare) = (None, None);
+    for directive in value.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bad = || {
+            format!("RUST_LOG: {directive:?} is not a log level (use {LEVELS}, or loopchat=LEVEL)")
+        };
+        match directive.split_once('=') {
+            Some((target, level)) => {
+                let level: log::LevelFilter = level.trim().parse().map_err(|_| bad())?;
+                match target.trim() {
+                    "" => return Err(bad()),
+                    "loopchat" if ours.is_none() => ours = Some(level),
+                    _ => {}
+                }
+            }
+            None => {
+                let level = directive.parse().map_err(|_| bad())?;
+                bare = bare.or(Some(level));
+            }
+        }
+    }
+    Ok(ours.or(bare))
 }
 
-fn parse_level(value: &str) -> Result<log::LevelFilter, String> {
-    value
-        .parse()
-        .map_err(|_| format!("not a log level (off, error, warn, info, debug, trace): {value:?}"))
-}
+/// What `--addr` accepts, for its error messages.
+const ADDR_FORMS: &str =
+    "use IP:PORT, HOST:PORT or :PORT, such as 127.0.0.1:8080, localhost:8080, [::1]:8080 \
+     or :8080 for all interfaces";
 
-/// A duration: "30", "0.5", "30s" or "250ms"; must be above zero.
-pub fn parse_duration(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    let (number, scale) = if let Some(ms) = value.strip_suffix("ms") {
-        (ms, 0.001)
-    } else {
-        (value.strip_suffix('s').unwrap_or(value), 1.0)
+/// A listen address: `IP:PORT` (`[IPv6]:PORT`), `:PORT` for all IPv4 interfaces
+/// (`0.0.0.0:PORT`), or `HOST:PORT`, which is resolved to the host's first address.
+pub fn parse_addr(value: &str) -> Result<SocketAddr, String> {
+    let all_interfaces;
+    let full = match value.strip_prefix(':') {
+        Some(port) => {
+            all_interfaces = format!("0.0.0.0:{port}");
+            &all_interfaces
+        }
+        None => value,
     };
-    let seconds: f64 = number.trim().parse().ok()?;
-    let seconds = seconds * scale;
-    (seconds.is_finite() && seconds > 0.0 && seconds < 1e9)
-        .then(|| Duration::from_secs_f64(seconds))
+    if let Ok(addr) = full.parse() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = full.rsplit_once(':') else {
+        return Err(format!("{value:?} is not an address ({ADDR_FORMS})"));
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(format!("{value:?} has no valid port ({ADDR_FORMS})"));
+    };
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host:?} resolves to no address"))
 }
 
-/// A byte size: "1048576", "64K", "64KiB", "16M", "16MiB"; must be above zero.
-pub fn parse_size(value: &str) -> Option<usize> {
+/// A value split into its number and its unit: the trailing ASCII letters,
+/// lowercased ("10 KiB" is ("10", "kib")).
+fn number_and_unit(value: &str) -> (&str, String) {
     let value = value.trim();
-    let suffixes: [(&str, usize); 6] = [
-        ("KiB", 1 << 10),
-        ("MiB", 1 << 20),
-        ("GiB", 1 << 30),
-        ("K", 1 << 10),
-        ("M", 1 << 20),
-        ("G", 1 << 30),
-    ];
-    let (number, scale) = suffixes
-        .iter()
-        .find_map(|(s, scale)| value.strip_suffix(s).map(|n| (n, *scale)))
-        .unwrap_or((value, 1));
-    let n: usize = number.trim().parse().ok()?;
-    n.checked_mul(scale).filter(|&bytes| bytes > 0)
+    let number = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = value[number.len()..].to_ascii_lowercase();
+    (number.trim(), unit)
 }
 
-fn positive_duration(flag: &str, value: &str) -> Result<Duration, String> {
-    parse_duration(value).ok_or_else(|| format!("{flag}: not a positive duration: {value:?}"))
-}
+/// What a size may be, for its error messages.
+const SIZE_FORMS: &str =
+    "use a whole number with an optional unit: B, k/KB/KiB, m/MB/MiB, g/GB/GiB, all 1024-based";
 
-fn positive_size(flag: &str, value: &str) -> Result<usize, String> {
-    parse_size(value).ok_or_else(|| format!("{flag}: not a positive size: {value:?}"))
-}
-
-/// A size that may be zero (a limit that 0 turns off).
-fn size(flag: &str, value: &str) -> Result<usize, String> {
-    match value.trim() {
-        "0" => Ok(0),
-        v => positive_size(flag, v),
+/// A byte size: a whole number with an optional unit in any case, `B`, `k`/`KB`/
+/// `KiB`, `m`/`MB`/`MiB` or `g`/`GB`/`GiB`. Every unit is 1024-based, as in
+/// nginx (`10k` is 10240): for a limit, the unit's spelling should not change it.
+/// Must be above zero. The error says what was wrong and what is accepted.
+fn size(value: &str) -> Result<usize, String> {
+    let (number, unit) = number_and_unit(value);
+    let scale: usize = match unit.as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{value:?} is not a size ({SIZE_FORMS})")),
+    };
+    let n: usize = match number.parse() {
+        Ok(n) => n,
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => {
+            return Err(format!("{value:?} is too large"))
+        }
+        Err(_) => return Err(format!("{value:?} is not a size ({SIZE_FORMS})")),
+    };
+    match n.checked_mul(scale) {
+        Some(0) => Err(format!("{value:?} is not above zero")),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("{value:?} is too large")),
     }
 }
 
-fn count(flag: &str, value: &str) -> Result<usize, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{flag}: not a count: {value:?}"))
+/// A byte size as `--max-message-size` and the other SIZE flags take it: "12",
+/// "64k", "64KB", "64KiB", "16M", "1GiB" (all units 1024-based, any case); `None`
+/// unless above zero.
+pub fn parse_size(value: &str) -> Option<usize> {
+    size(value).ok()
 }
 
-fn positive_count(flag: &str, value: &str) -> Result<usize, String> {
+/// A size that may be zero: a limit that 0 turns off.
+fn size_or_zero(value: &str) -> Result<usize, String> {
+    match value.trim() {
+        "0" => Ok(0),
+        v => size(v),
+    }
+}
+
+/// What a duration may be, for its error messages.
+const DURATION_FORMS: &str =
+    "use a number with an optional unit: ms, s, m or h; a bare number is seconds";
+
+/// A duration: a number (decimals allowed) with an optional unit in any case,
+/// `ms`, `s`, `m` (minutes) or `h`; a bare number is seconds. Must be above zero
+/// and below about 30 years. The error says what was wrong and what is accepted.
+fn duration(value: &str) -> Result<Duration, String> {
+    let (number, unit) = number_and_unit(value);
+    let scale = match unit.as_str() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("{value:?} is not a duration ({DURATION_FORMS})")),
+    };
+    let Ok(number) = number.parse::<f64>() else {
+        return Err(format!("{value:?} is not a duration ({DURATION_FORMS})"));
+    };
+    let seconds = number * scale;
+    if !seconds.is_finite() || seconds >= 1e9 {
+        return Err(format!("{value:?} is too long"));
+    }
+    let duration = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::ZERO);
+    if duration.is_zero() {
+        return Err(format!("{value:?} is not above zero"));
+    }
+    Ok(duration)
+}
+
+/// A duration as `--ping-interval` and the other DUR flags take it: "30", "0.5",
+/// "250ms", "90s", "2m", "1h" (any case); `None` unless above zero.
+pub fn parse_duration(value: &str) -> Option<Duration> {
+    duration(value).ok()
+}
+
+fn count(value: &str) -> Result<usize, String> {
     value
+        .trim()
         .parse()
-        .ok()
-        .filter(|&n: &usize| n > 0)
-        .ok_or_else(|| format!("{flag}: not a positive count: {value:?}"))
+        .map_err(|_| format!("{value:?} is not a whole number"))
+}
+
+fn positive_count(value: &str) -> Result<usize, String> {
+    match count(value)? {
+        0 => Err(format!("{value:?} is not above zero")),
+        n => Ok(n),
+    }
 }
 
 #[cfg(test)]
@@ -350,9 +495,14 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, String> {
-        match parse_args(args.iter().map(|s| s.to_string()), None)? {
+        parse_with_rust_log(args, None)
+    }
+
+    fn parse_with_rust_log(args: &[&str], rust_log: Option<&str>) -> Result<Config, String> {
+        match parse_args(args.iter().map(|s| s.to_string()), rust_log)? {
             Command::Run(config) => Ok(*config),
             Command::Help => Err("help".into()),
+            Command::Version => Err("version".into()),
         }
     }
 
@@ -363,6 +513,7 @@ mod tests {
         assert_eq!(c.max_message_size, 1 << 20);
         assert_eq!(c.ping_interval, Duration::from_secs(30));
         assert_eq!(c.max_header_bytes, 8192);
+        assert!(c.subprotocols.is_empty());
     }
 
     #[test]
@@ -403,32 +554,252 @@ mod tests {
     }
 
     #[test]
-    fn rust_log_is_a_default_that_the_flag_overrides() {
-        let Command::Run(c) = parse_args(Vec::new(), Some("debug")).unwrap() else {
-            panic!()
-        };
-        assert_eq!(c.log_level, log::LevelFilter::Debug);
-        let args = vec!["--log-level".to_string(), "error".to_string()];
-        let Command::Run(c) = parse_args(args, Some("debug")).unwrap() else {
-            panic!()
-        };
-        assert_eq!(c.log_level, log::LevelFilter::Error);
-        assert_eq!(
-            level_from_rust_log("warn,loopchat=trace"),
-            Some(log::LevelFilter::Trace)
-        );
-        assert_eq!(level_from_rust_log("other=debug"), None);
+    fn version_in_long_and_short_form() {
+        assert_eq!(parse(&["--version"]).unwrap_err(), "version");
+        assert_eq!(parse(&["-V"]).unwrap_err(), "version");
+        assert_eq!(parse(&["--addr", ":1", "-V"]).unwrap_err(), "version");
     }
 
     #[test]
-    fn sizes_and_durations() {
-        assert_eq!(parse_size("64K"), Some(65536));
-        assert_eq!(parse_size("1MiB"), Some(1 << 20));
-        assert_eq!(parse_size("12"), Some(12));
-        assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_duration("1.5"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("0"), None);
-        assert_eq!(parse_duration("inf"), None);
+    fn rust_log_is_a_default_that_the_flag_overrides() {
+        let c = parse_with_rust_log(&[], Some("debug")).unwrap();
+        assert_eq!(c.log_level, log::LevelFilter::Debug);
+        let c = parse_with_rust_log(&["--log-level", "error"], Some("debug")).unwrap();
+        assert_eq!(c.log_level, log::LevelFilter::Error);
+        assert_eq!(
+            level_from_rust_log("warn,loopchat=trace"),
+            Ok(Some(log::LevelFilter::Trace))
+        );
+        assert_eq!(level_from_rust_log("other=debug"), Ok(None));
+        assert_eq!(level_from_rust_log(""), Ok(None));
+        assert_eq!(
+            level_from_rust_log(" INFO , mio=trace"),
+            Ok(Some(log::LevelFilter::Info))
+        );
+    }
+
+    #[test]
+    fn a_rust_log_that_is_not_a_level_is_an_error_naming_rust_log() {
+        for garbage in ["garbage", "loopchat=loud", "info,=debug", "warn/regex"] {
+            let error = parse_with_rust_log(&[], Some(garbage)).unwrap_err();
+            assert!(error.starts_with("RUST_LOG: "), "{error}");
+            assert!(
+                error.contains("off, error, warn, info, debug or trace"),
+                "{error}"
+            );
+        }
+        // Unread when --log-level decides, so a RUST_LOG meant for another
+        // program does not stop this one.
+        let c = parse_with_rust_log(&["--log-level", "warn"], Some("garbage")).unwrap();
+        assert_eq!(c.log_level, log::LevelFilter::Warn);
+    }
+
+    #[test]
+    fn sizes_take_the_usual_units_in_any_case_all_1024_based() {
+        let k = 1 << 10;
+        for (text, bytes) in [
+            ("12", 12),
+            ("12B", 12),
+            ("12 b", 12),
+            ("10k", 10 * k),
+            ("10K", 10 * k),
+            ("10kb", 10 * k),
+            ("10KB", 10 * k),
+            ("10KiB", 10 * k),
+            ("10 kib", 10 * k),
+            ("10m", 10 << 20),
+            ("10MB", 10 << 20),
+            ("10MiB", 10 << 20),
+            ("1g", 1 << 30),
+            ("1GB", 1 << 30),
+            ("1GiB", 1 << 30),
+            // What the parser took before units were case-insensitive.
+            ("64K", 64 * k),
+            ("1MiB", 1 << 20),
+            (" 64 K ", 64 * k),
+            ("+5", 5),
+        ] {
+            assert_eq!(parse_size(text), Some(bytes), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_size_says_what_a_size_is() {
+        let error = parse(&["--max-message-size", "10 bananas"]).unwrap_err();
+        assert_eq!(
+            error,
+            "--max-message-size: \"10 bananas\" is not a size (use a whole number with an \
+             optional unit: B, k/KB/KiB, m/MB/MiB, g/GB/GiB, all 1024-based)"
+        );
+        for bad in ["x", "", "k", "1.5M", "-1", "10 KiBs", "10kk"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+        assert_eq!(size("0"), Err("\"0\" is not above zero".into()));
+        assert_eq!(size("0k"), Err("\"0k\" is not above zero".into()));
+        assert!(size("99999999999999999999")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(size("99999999999999G").unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn durations_take_ms_s_m_h_in_any_case_and_a_bare_number_is_seconds() {
+        let secs = Duration::from_secs;
+        for (text, duration) in [
+            ("500ms", Duration::from_millis(500)),
+            ("500MS", Duration::from_millis(500)),
+            ("90s", secs(90)),
+            ("90S", secs(90)),
+            ("90", secs(90)),
+            ("1.5", Duration::from_millis(1500)),
+            ("0.5s", Duration::from_millis(500)),
+            ("1m", secs(60)),
+            ("1M", secs(60)),
+            ("1.5m", secs(90)),
+            ("1h", secs(3600)),
+            ("2 H", secs(7200)),
+            ("10s", secs(10)),
+            ("1e3ms", secs(1)),
+        ] {
+            assert_eq!(parse_duration(text), Some(duration), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_duration_says_what_a_duration_is() {
+        let error = parse(&["--ping-interval", "soon"]).unwrap_err();
+        assert_eq!(
+            error,
+            "--ping-interval: \"soon\" is not a duration (use a number with an optional unit: \
+             ms, s, m or h; a bare number is seconds)"
+        );
+        for bad in [
+            "0", "0ms", "-1", "inf", "NaN", "1d", "", "s", "1e-12", "1e10",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+        assert_eq!(duration("0"), Err("\"0\" is not above zero".into()));
+        assert_eq!(duration("1e10"), Err("\"1e10\" is too long".into()));
+    }
+
+    #[test]
+    fn an_addr_may_leave_out_the_host_for_all_interfaces() {
+        assert_eq!(
+            parse_addr(":8080"),
+            Ok(SocketAddr::from(([0, 0, 0, 0], 8080)))
+        );
+        assert_eq!(parse_addr("[::1]:80"), Ok("[::1]:80".parse().unwrap()));
+        assert_eq!(
+            parse(&["--addr", ":9000"]).unwrap().addr.to_string(),
+            "0.0.0.0:9000"
+        );
+    }
+
+    #[test]
+    fn an_addr_may_name_a_host_which_resolves_to_its_first_address() {
+        let addr = parse_addr("localhost:8080").unwrap();
+        assert!(addr.ip().is_loopback(), "{addr}");
+        assert_eq!(addr.port(), 8080);
+    }
+
+    #[test]
+    fn a_bad_addr_says_what_an_addr_is() {
+        for bad in [
+            "nowhere",
+            "8080",
+            "localhost:",
+            "localhost:http",
+            ":99999",
+            ":",
+        ] {
+            let error = parse(&["--addr", bad]).unwrap_err();
+            assert!(error.starts_with("--addr: "), "{error}");
+            assert!(error.contains(":8080 for all interfaces"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_flag_without_its_value_is_an_error_naming_it() {
+        assert_eq!(
+            parse(&["--allowed-origin", "--log-level", "info"]).unwrap_err(),
+            "--allowed-origin needs a value"
+        );
+        assert_eq!(
+            parse(&["--log-level", "warn", "--allowed-origin"]).unwrap_err(),
+            "--allowed-origin needs a value"
+        );
+        assert_eq!(parse(&["--addr="]).unwrap_err(), "--addr needs a value");
+        assert_eq!(
+            parse(&["--max-headers", "--help"]).unwrap_err(),
+            "--max-headers needs a value"
+        );
+        // A value may start with one dash; the flag's own check judges it.
+        assert_eq!(
+            parse(&["--ping-interval", "-1"]).unwrap_err(),
+            "--ping-interval: \"-1\" is not above zero"
+        );
+        // With "=", the value is whatever follows it.
+        let c = parse(&["--allowed-origin=--odd"]).unwrap();
+        assert_eq!(c.allowed_origins, vec!["--odd"]);
+    }
+
+    #[test]
+    fn a_positional_argument_is_unexpected_and_an_unknown_flag_is_unknown() {
+        assert_eq!(
+            parse(&["x"]).unwrap_err(),
+            "unexpected argument \"x\" (loopchat takes options only)"
+        );
+        assert!(parse(&["-"])
+            .unwrap_err()
+            .starts_with("unexpected argument \"-\""));
+        assert!(parse(&["--addr", ":0", "8080"])
+            .unwrap_err()
+            .starts_with("unexpected argument \"8080\""));
+        assert_eq!(
+            parse(&["--frobnicate"]).unwrap_err(),
+            "unknown option \"--frobnicate\""
+        );
+        assert_eq!(parse(&["-x"]).unwrap_err(), "unknown option \"-x\"");
+    }
+
+    #[test]
+    fn no_error_message_carries_its_own_help_hint() {
+        // main adds "Try 'loopchat --help'" once; a message that said it too
+        // would print the hint twice.
+        for args in [
+            &["--frobnicate"][..],
+            &["x"],
+            &["--max-headers"],
+            &["--max-output", "lots"],
+            &["--subprotocol", "a b"],
+        ] {
+            let error = parse(args).unwrap_err();
+            assert!(!error.contains("help"), "{error}");
+        }
+    }
+
+    #[test]
+    fn subprotocols_are_repeatable_and_kept_in_order_without_repeats() {
+        let c = parse(&[
+            "--subprotocol",
+            "chat.v2",
+            "--subprotocol=chat",
+            "--subprotocol",
+            "chat.v2",
+        ])
+        .unwrap();
+        assert_eq!(c.subprotocols, vec!["chat.v2", "chat"]);
+    }
+
+    #[test]
+    fn a_subprotocol_must_be_a_token() {
+        for bad in ["a b", "a,b", "\"chat\"", "chat/1", "caf\u{e9}", "a;b"] {
+            let error = parse(&["--subprotocol", bad]).unwrap_err();
+            assert!(
+                error.starts_with(&format!("--subprotocol: {bad:?} is not a token")),
+                "{error}"
+            );
+        }
+        assert!(parse(&["--subprotocol", "v1.chat+json_~!#$%&'*^`|-"]).is_ok());
     }
 }

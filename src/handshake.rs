@@ -1,7 +1,8 @@
 //! The opening handshake: deciding whether an HTTP request may become a WebSocket.
 //!
 //! Implements RFC 6455 §4.2.1 (reading the client's handshake), §4.2.2 (the 101
-//! response and `Sec-WebSocket-Accept`) and §10.2 (the `Origin` check against
+//! response, `Sec-WebSocket-Accept`, and the choice of a subprotocol from the
+//! client's `Sec-WebSocket-Protocol` offer) and §10.2 (the `Origin` check against
 //! cross-site WebSocket hijacking). Sans-IO: a parsed [`Request`] in, either the
 //! response bytes or an [`HttpError`] with the status to send.
 
@@ -78,11 +79,48 @@ fn same_origin_as_host(origin: &str, host: &str) -> bool {
     with_port(authority) == with_port(host.trim())
 }
 
+/// Whether `s` is a token (RFC 7230 §3.2.6): one or more letters, digits and
+/// ``!#$%&'*+-.^_`|~``. A subprotocol name is one (RFC 6455 §4.1, §11.3.4).
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The subprotocol to answer with (§4.2.2, /subprotocol/): the first name of the
+/// client's offer, in the client's order, that is in `supported`; `None` if
+/// there is none. `offers` are the values of every `Sec-WebSocket-Protocol`
+/// field in order: each is a comma-separated list (§11.3.4), and several fields
+/// make one list (RFC 7230 §3.2.2). Empty elements and elements that are not
+/// tokens are skipped. Names are compared exactly, as a browser compares the
+/// answer with what it offered. The name returned is `supported`'s own.
+pub fn select_subprotocol<'s, 'o>(
+    offers: impl IntoIterator<Item = &'o str>,
+    supported: &'s [String],
+) -> Option<&'s str> {
+    if supported.is_empty() {
+        return None;
+    }
+    offers
+        .into_iter()
+        .flat_map(|field| field.split(','))
+        .map(|name| name.trim_matches([' ', '\t']))
+        .filter(|name| is_token(name))
+        .find_map(|name| supported.iter().find(|s| *s == name))
+        .map(String::as_str)
+}
+
 /// Checks a request that asks for an upgrade, per §4.2.1, in the order the RFC
-/// lists the fields. Returns the `101 Switching Protocols` response to send.
+/// lists the fields. Returns the `101 Switching Protocols` response to send; it
+/// names the subprotocol [`select_subprotocol`] picks from the client's offer
+/// and `subprotocols` (the server's, `Config::subprotocols`), if any, and the
+/// `extensions` agreed (RFC 7692), if any. An offer with nothing in common is not
+/// refused: the response then names none, and the client decides whether to go
+/// on (§4.1).
 pub(crate) fn accept_upgrade(
     request: &Request,
     origins: &OriginPolicy,
+    subprotocols: &[String],
     extensions: Option<&str>,
 ) -> Result<Vec<u8>, HttpError> {
     // 1. An HTTP/1.1 or higher GET request.
@@ -161,12 +199,19 @@ pub(crate) fn accept_upgrade(
     if !origins.allows(request.header("Origin"), host) {
         return Err(HttpError::new(Status::Forbidden, "Origin not allowed"));
     }
-    // The extensions agreed (RFC 7692), in one header line.
+    // §4.2.2: the subprotocol, if one of the offer is ours; the header is sent
+    // only then. The extensions agreed (RFC 7692) go in one header line.
+    let offers = request.headers_named("Sec-WebSocket-Protocol");
+    let protocol = match select_subprotocol(offers, subprotocols) {
+        Some(name) => format!("Sec-WebSocket-Protocol: {name}\r\n"),
+        None => String::new(),
+    };
     let mut response = format!(
         "HTTP/1.1 101 Switching Protocols\r\n\
          Upgrade: websocket\r\n\
          Connection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n",
+         Sec-WebSocket-Accept: {}\r\n\
+         {protocol}",
         accept_key(key)
     );
     if let Some(extensions) = extensions {
@@ -213,7 +258,7 @@ Sec-WebSocket-Version: 13";
             Err(error) => error.status,
             Ok(parsed) => {
                 let (request, _) = parsed.expect("a complete request");
-                accept_upgrade(&request, &OriginPolicy::default(), None)
+                accept_upgrade(&request, &OriginPolicy::default(), &[], None)
                     .unwrap_err()
                     .status
             }
@@ -232,7 +277,7 @@ Sec-WebSocket-Version: 13";
 
     #[test]
     fn a_good_request_gets_101() {
-        let response = accept_upgrade(&request(GOOD), &OriginPolicy::default(), None).unwrap();
+        let response = accept_upgrade(&request(GOOD), &OriginPolicy::default(), &[], None).unwrap();
         let text = String::from_utf8(response).unwrap();
         assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
@@ -244,7 +289,7 @@ Sec-WebSocket-Version: 13";
         let head = GOOD
             .replace("Upgrade: websocket", "upgrade: WebSocket")
             .replace("Connection: Upgrade", "CONNECTION: keep-alive, UPGRADE");
-        assert!(accept_upgrade(&request(&head), &OriginPolicy::default(), None).is_ok());
+        assert!(accept_upgrade(&request(&head), &OriginPolicy::default(), &[], None).is_ok());
     }
 
     // ---- §4.2.1: each required field ----
@@ -336,15 +381,152 @@ Sec-WebSocket-Version: 13";
         );
     }
 
+    // ---- §4.2.2: the subprotocol ----
+
+    fn select<'s>(offers: &[&str], supported: &'s [String]) -> Option<&'s str> {
+        select_subprotocol(offers.iter().copied(), supported)
+    }
+
+    fn names(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn tokens_are_rfc_7230_tchars() {
+        assert!(is_token("chat"));
+        assert!(is_token("v2.chat+json"));
+        assert!(is_token("!#$%&'*+-.^_`|~09azAZ"));
+        for not in [
+            "",
+            "a b",
+            "a,b",
+            "\"a\"",
+            "a/b",
+            "a;b",
+            "a=b",
+            "caf\u{e9}",
+            "a\tb",
+        ] {
+            assert!(!is_token(not), "{not:?}");
+        }
+    }
+
+    #[test]
+    fn the_subprotocol_is_the_clients_first_offer_that_the_server_speaks() {
+        let server = names(&["superchat", "chat"]);
+        assert_eq!(select(&["chat, superchat"], &server), Some("chat"));
+        assert_eq!(select(&["superchat, chat"], &server), Some("superchat"));
+        assert_eq!(select(&["mqtt, chat"], &server), Some("chat"));
+    }
+
+    #[test]
+    fn several_protocol_fields_make_one_list_in_order() {
+        let server = names(&["c", "b"]);
+        assert_eq!(select(&["a", "b, c"], &server), Some("b"));
+        assert_eq!(select(&["a, c", "b"], &server), Some("c"));
+    }
+
+    #[test]
+    fn nothing_in_common_or_nothing_spoken_selects_no_subprotocol() {
+        assert_eq!(select(&["a, b"], &names(&["c"])), None);
+        assert_eq!(select(&["a, b"], &[]), None);
+        assert_eq!(select(&[], &names(&["a"])), None);
+    }
+
+    #[test]
+    fn subprotocol_names_are_compared_exactly() {
+        assert_eq!(select(&["Chat, CHAT"], &names(&["chat"])), None);
+    }
+
+    #[test]
+    fn empty_and_malformed_offer_elements_are_skipped() {
+        let server = names(&["chat", "a b"]);
+        assert_eq!(select(&[" , ,\tchat\t,"], &server), Some("chat"));
+        assert_eq!(select(&["\"chat\", chat"], &server), Some("chat"));
+        // Not a token, so never selected even if the server's list has it.
+        assert_eq!(select(&["a b"], &server), None);
+    }
+
+    fn upgrade_offering(offers: &[&str], server: &[&str]) -> String {
+        let fields: String = offers
+            .iter()
+            .map(|o| format!("\nSec-WebSocket-Protocol: {o}"))
+            .collect();
+        let request = request(&format!("{GOOD}{fields}"));
+        let response =
+            accept_upgrade(&request, &OriginPolicy::default(), &names(server), None).unwrap();
+        String::from_utf8(response).unwrap()
+    }
+
+    #[test]
+    fn the_101_names_the_selected_subprotocol_once() {
+        let text = upgrade_offering(&["mqtt, chat", "superchat"], &["superchat", "chat"]);
+        assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(
+            text.contains("\r\nSec-WebSocket-Protocol: chat\r\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("Sec-WebSocket-Protocol").count(), 1);
+        assert!(text.ends_with("\r\n\r\n"));
+        assert!(!text.ends_with("\r\n\r\n\r\n"));
+    }
+
+    #[test]
+    fn without_a_match_the_101_names_no_subprotocol_and_the_upgrade_goes_on() {
+        for text in [
+            upgrade_offering(&["mqtt"], &["chat"]),
+            upgrade_offering(&["chat"], &[]),
+            upgrade_offering(&[], &["chat"]),
+        ] {
+            assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+            assert!(!text.contains("Sec-WebSocket-Protocol"), "{text}");
+            assert!(text.ends_with("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"));
+        }
+        let offer = request(&format!("{GOOD}\nSec-WebSocket-Protocol: chat"));
+        let text = accept_upgrade(&offer, &OriginPolicy::default(), &[], None).unwrap();
+        assert!(!String::from_utf8(text)
+            .unwrap()
+            .contains("Sec-WebSocket-Protocol"));
+    }
+
     proptest::proptest! {
         #[test]
-        fn never_panics(method in "[A-Z]{1,6}", key in ".{0,30}", version in ".{0,4}", origin in ".{0,30}") {
+        fn never_panics(method in "[A-Z]{1,6}", key in ".{0,30}", version in ".{0,4}", origin in ".{0,30}", protocol in ".{0,30}") {
             let head = format!(
-                "{method} / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\nOrigin: {origin}\r\n\r\n"
+                "{method} / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\nOrigin: {origin}\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n"
             );
             if let Ok(Some((req, _))) = parse_request(head.as_bytes(), &mut 0, LIMITS) {
-                let _ = accept_upgrade(&req, &OriginPolicy::default(), None);
+                let _ = accept_upgrade(&req, &OriginPolicy::default(), &[], None);
+                let server = names(&["chat", "a"]);
+                let _ = accept_upgrade(&req, &OriginPolicy::default(), &server, None);
             }
+        }
+
+        #[test]
+        fn the_selected_subprotocol_is_the_first_offered_one_the_server_speaks(
+            offered in proptest::collection::vec("[a-c]{1,2}", 0..6),
+            supported in proptest::collection::vec("[a-c]{1,2}", 0..4),
+            new_field in proptest::collection::vec(proptest::bool::ANY, 6),
+            space in proptest::collection::vec("[ \t]{0,2}", 12),
+            blanks in 0..3usize,
+        ) {
+            // The same offer spread over fields at random, with optional
+            // whitespace and empty elements.
+            let mut fields: Vec<String> = Vec::new();
+            for (i, name) in offered.iter().enumerate() {
+                let element = format!("{}{name}{}", space[2 * i], space[2 * i + 1]);
+                match fields.last_mut() {
+                    Some(field) if !new_field[i] => {
+                        field.push(',');
+                        field.push_str(&element);
+                    }
+                    _ => fields.push(element),
+                }
+            }
+            fields.extend(std::iter::repeat_n(" , ".to_string(), blanks));
+            let expected = offered.iter().find(|o| supported.contains(o)).map(String::as_str);
+            let selected = select_subprotocol(fields.iter().map(String::as_str), &supported);
+            proptest::prop_assert_eq!(selected, expected);
         }
     }
 }

@@ -1,16 +1,30 @@
 //! The `loopchat` binary: command line and environment into a `Config`, the
 //! logger, and the server's loop. Everything else is in the library.
+//!
+//! What it prints whatever the log level: the listening address on stdout once
+//! bound, and on stderr a bad argument (exit 2), or why it cannot listen or the
+//! loop failed (exit 1).
 
 use loopchat::config::{self, Command};
 use loopchat::Server;
+use std::io::{self, Write};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let rust_log = std::env::var("RUST_LOG").ok();
+    let rust_log = match std::env::var("RUST_LOG") {
+        Ok(value) => Some(value),
+        Err(std::env::VarError::NotPresent) => None,
+        // Not UTF-8: passed on as such, so it is reported rather than ignored.
+        Err(std::env::VarError::NotUnicode(value)) => Some(value.to_string_lossy().into_owned()),
+    };
     let config = match config::parse_args(std::env::args().skip(1), rust_log.as_deref()) {
         Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => {
             print!("{}", config::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("loopchat {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
         Err(message) => {
@@ -28,17 +42,37 @@ fn main() -> ExitCode {
     let mut server = match Server::bind(config.clone()) {
         Ok(server) => server,
         Err(e) => {
-            log::error!("cannot listen on {}: {e}", config.addr);
+            let hint = match e.kind() {
+                io::ErrorKind::AddrInUse => {
+                    " (another program, or another loopchat, is using this port; \
+                     choose another with --addr)"
+                }
+                io::ErrorKind::PermissionDenied => {
+                    " (ports below 1024 need privileges; choose another with --addr)"
+                }
+                io::ErrorKind::AddrNotAvailable => {
+                    " (no interface of this machine has that address; choose another with --addr)"
+                }
+                _ => "",
+            };
+            eprintln!("loopchat: cannot listen on {}: {e}{hint}", config.addr);
             return ExitCode::FAILURE;
         }
     };
+    // On stdout and not in the log, so that it shows at every log level; a closed
+    // stdout is no reason to stop.
+    let _ = writeln!(
+        io::stdout(),
+        "loopchat listening on http://{}/",
+        server.local_addr()
+    );
     if let Err(e) = server.handle_signals() {
         log::warn!("SIGINT/SIGTERM will not shut down gracefully: {e}");
     }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("server loop failed: {e}");
+            eprintln!("loopchat: server loop failed: {e}");
             ExitCode::FAILURE
         }
     }

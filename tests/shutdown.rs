@@ -241,6 +241,7 @@ fn sample_value(flag: &str) -> Option<String> {
         "--history-bytes" => "16K".into(),
         "--idle-rooms" => "3".into(),
         "--allowed-origin" => "https://chat.example".into(),
+        "--subprotocol" => "chat".into(),
         "--shutdown-timeout" => "0.5".into(),
         other => panic!("no sample value for {other}: add one to this test"),
     };

@@ -87,7 +87,12 @@ impl Server {
             Route::Metrics | Route::File(_) => return self.serve_page(key, &request),
         };
         let (deflate, extensions) = compression::negotiate(&self.config, &request).unzip();
-        match handshake::accept_upgrade(&request, &self.origins, extensions.as_deref()) {
+        match handshake::accept_upgrade(
+            &request,
+            &self.origins,
+            &self.config.subprotocols,
+            extensions.as_deref(),
+        ) {
             Ok(response) => self.upgrade(key, endpoint, deflate, &request, response),
             Err(error) => self.reject(key, error, Some(&request)),
         }
