@@ -428,14 +428,20 @@ fn metrics_is_prometheus_text() {
             );
         }
         assert!(text.contains("# TYPE loopchat_connections_open gauge"));
-        // Every sample line is `name{labels} value` with an integer value.
+        // Every sample line is `name{labels} value`.
         for line in text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
         {
             let (name, value) = line.rsplit_once(' ').expect("name value");
-            assert!(name.starts_with("loopchat_"), "{line}");
-            assert!(value.parse::<u64>().is_ok(), "{line}");
+            // The server's own figures are integers; the standard process_* ones
+            // (CPU seconds, start time) may not be.
+            if name.starts_with("process_") {
+                assert!(value.parse::<f64>().is_ok(), "{line}");
+            } else {
+                assert!(name.starts_with("loopchat_"), "{line}");
+                assert!(value.parse::<u64>().is_ok(), "{line}");
+            }
         }
         assert_eq!(metric(addr, "loopchat_upgrades_total"), 1);
         assert_eq!(

@@ -5,8 +5,6 @@
 
 use super::Server;
 use crate::connection::{AfterFlush, Phase};
-use crate::message::CloseCode;
-use crate::metrics;
 use std::io::{self, Read};
 use std::time::Instant;
 
@@ -112,7 +110,7 @@ impl Server {
         };
         let abnormal = matches!(&conn.phase, Phase::WebSocket(ws) if !ws.session.input_finished());
         if abnormal {
-            metrics::count(&mut self.metrics.closes_received, CloseCode::ABNORMAL.0);
+            self.metrics.connection_closed_abnormally();
         }
         let reason = if abnormal {
             "closed without a close frame (1006)"

@@ -10,8 +10,7 @@ use super::{unix_millis, Server};
 use crate::chat::{self, SharedFrame};
 use crate::connection::{Connection, Endpoint, Phase};
 use crate::deflate::Agreement;
-use crate::message::{CloseCode, MessageKind, ProtocolError};
-use crate::metrics;
+use crate::message::{MessageKind, ProtocolError};
 use crate::session::Action;
 use log::info;
 use std::rc::Rc;
@@ -126,8 +125,7 @@ fn take_actions(
             } => {
                 let code_text = code.map_or("no code".to_string(), |c| c.to_string());
                 info!("{} [{key}] sent close {code_text} {reason:?}", conn.peer);
-                let received = code.unwrap_or(CloseCode::NO_STATUS);
-                metrics::count(&mut outbox.metrics.closes_received, received.0);
+                outbox.metrics.close_frame_received(code);
                 if let Some(answer) = answer {
                     push_close(conn, key, answer, "", outbox);
                 }
