@@ -26,9 +26,10 @@ impl Response {
         }
     }
 
-    /// A short plain-text error page.
-    pub fn error(status: Status) -> Self {
-        let body = format!("{} {}\n", status.code(), status.reason());
+    /// An error response whose short plain-text body says why, and what would
+    /// help: `403 Forbidden: Origin not allowed ...`.
+    pub fn refusal(status: Status, why: &str) -> Self {
+        let body = format!("{} {}: {why}\n", status.code(), status.reason());
         Response::new(status, "text/plain; charset=utf-8", body.as_bytes().into())
     }
 
@@ -107,7 +108,11 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n"));
         assert!(text.contains("Content-Length: 2\r\n"));
         assert!(text.ends_with("Connection: keep-alive\r\n\r\n"));
-        let upgrade = Response::error(Status::UpgradeRequired).with_header("Upgrade", "websocket");
+        let upgrade = Response::refusal(
+            Status::UpgradeRequired,
+            "this endpoint speaks WebSocket only",
+        )
+        .with_header("Upgrade", "websocket");
         let mut head = Vec::new();
         upgrade.encode_head(&mut head, false, when);
         assert!(String::from_utf8(head)

@@ -68,14 +68,16 @@ impl Server {
         self.metrics.connections_accepted += 1;
         let full = self.connections.len() >= self.max_connections;
         if full || !self.admit_address(peer.ip()) {
-            if full {
+            let why = if full {
                 self.metrics.connections_refused += 1;
+                "the server is at its connection limit (--max-connections); try again later"
             } else {
                 self.metrics.connections_refused_per_ip += 1;
-            }
+                "too many connections from this address (--max-connections-per-ip)"
+            };
             self.refused_unlogged += 1;
             metrics::count(&mut self.metrics.http_errors, 503);
-            self.metrics.bytes_out += refuse(&mut socket) as u64;
+            self.metrics.bytes_out += refuse(&mut socket, why) as u64;
             return;
         }
         let _ = socket.set_nodelay(true);
@@ -99,8 +101,9 @@ impl Server {
 /// Writes a 503 on a socket that is never registered, then shuts it: the one
 /// write that does not go through `writes.rs`, as the connection is never
 /// admitted. Returns the bytes written.
-fn refuse(socket: &mut TcpStream) -> usize {
-    let response = Response::error(Status::ServiceUnavailable).with_header("Retry-After", "5");
+fn refuse(socket: &mut TcpStream, why: &str) -> usize {
+    let response =
+        Response::refusal(Status::ServiceUnavailable, why).with_header("Retry-After", "5");
     let mut bytes = Vec::new();
     response.encode_head(&mut bytes, false, SystemTime::now());
     bytes.extend_from_slice(&response.body);

@@ -81,7 +81,10 @@ impl Server {
                 }
             }
             Route::BadRoom => {
-                let error = HttpError::new(Status::NotFound, "invalid room name");
+                let error = HttpError::new(
+                    Status::NotFound,
+                    "invalid room name (a room name is 1 to 32 of A-Z a-z 0-9 _ -)",
+                );
                 return self.reject(key, error, Some(&request));
             }
             Route::Metrics | Route::File(_) => return self.serve_page(key, &request),
@@ -139,7 +142,7 @@ impl Server {
     /// Sends an error response and closes after it.
     fn reject(&mut self, key: usize, error: HttpError, request: Option<&Request>) {
         metrics::count(&mut self.metrics.http_errors, error.status.code());
-        let mut response = Response::error(error.status);
+        let mut response = Response::refusal(error.status, &refusal_reason(&error));
         if error.status == Status::UpgradeRequired {
             response = response
                 .with_header("Sec-WebSocket-Version", handshake::WEBSOCKET_VERSION)
@@ -224,5 +227,18 @@ impl Server {
         if !leftover.is_empty() {
             self.on_websocket_bytes(key, &mut leftover);
         }
+    }
+}
+
+/// What a refusal's body says: the reason, and for a refused Origin which flag
+/// would allow it.
+fn refusal_reason(error: &HttpError) -> String {
+    match error.status {
+        Status::Forbidden => format!(
+            "{}; a server that should take WebSocket connections from pages of \
+             another site is started with --allowed-origin ORIGIN",
+            error.reason
+        ),
+        _ => error.reason.to_string(),
     }
 }
