@@ -41,6 +41,8 @@ pub enum Endpoint {
     Echo,
     /// `/chat[/room]`: a member of a chat room.
     Chat { room: Rc<str>, member: Member },
+    /// `/relay/room`: a member of a relay room (messages passed on verbatim).
+    Relay { room: Rc<str> },
 }
 
 /// An upgraded connection: what it is for, and its protocol state.

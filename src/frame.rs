@@ -309,6 +309,13 @@ pub fn is_compressed(frame: &[u8]) -> bool {
     frame.first().is_some_and(|b| b & RSV1_BIT != 0)
 }
 
+/// The opcode of a server frame made by this module.
+pub fn server_opcode(frame: &[u8]) -> Option<OpCode> {
+    frame
+        .first()
+        .and_then(|b| OpCode::from_bits(b & OPCODE_BITS))
+}
+
 /// Where the payload of a whole server frame made by this module starts.
 pub fn server_payload(frame: &[u8]) -> &[u8] {
     let start = match frame.get(1).map(|b| b & LEN7_BITS) {

@@ -25,6 +25,7 @@ mod http;
 pub mod message;
 mod metrics;
 mod output;
+mod relay;
 mod server;
 mod session;
 

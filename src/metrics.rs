@@ -28,6 +28,8 @@ pub struct Metrics {
     pub frames_out: u64,
     pub bytes_out: u64,
     pub broadcasts: u64,
+    /// Messages relayed to a relay room.
+    pub relays: u64,
     /// Peers disconnected because their queued output passed `--max-output`.
     pub slow_readers_dropped: u64,
     pub handshake_timeouts: u64,
@@ -65,6 +67,8 @@ pub struct Gauges {
     pub closing: usize,
     pub max_connections: usize,
     pub rooms: usize,
+    /// Relay rooms with members.
+    pub relay_rooms: usize,
     /// Bytes held for unfinished messages over all connections.
     pub input_held_bytes: usize,
     /// Bytes of chat history kept over all rooms.
@@ -124,6 +128,11 @@ impl Metrics {
         );
         gauge("rooms", "Chat rooms with members.", &[("", gauges.rooms)]);
         gauge(
+            "relay_rooms",
+            "Relay rooms with members.",
+            &[("", gauges.relay_rooms)],
+        );
+        gauge(
             "input_held_bytes",
             "Bytes held for unfinished messages over all connections (--input-budget).",
             &[("", gauges.input_held_bytes)],
@@ -147,7 +156,7 @@ impl Metrics {
             )
             .collect();
 
-        let counters: [(&str, &str, u64); 19] = [
+        let counters: [(&str, &str, u64); 20] = [
             (
                 "connections_accepted_total",
                 "TCP connections accepted.",
@@ -193,6 +202,11 @@ impl Metrics {
                 "broadcasts_total",
                 "Chat messages broadcast to a room.",
                 self.broadcasts,
+            ),
+            (
+                "relays_total",
+                "Messages relayed verbatim to a relay room.",
+                self.relays,
             ),
             (
                 "slow_readers_dropped_total",

@@ -1,6 +1,6 @@
 //! Routing: which endpoint a request path names, decided from the path alone.
 //!
-//! `/echo` and `/chat[/ROOM]` are WebSocket endpoints (RFC 6455 §4.1: the
+//! `/echo`, `/chat[/ROOM]` and `/relay/ROOM` are WebSocket endpoints (RFC 6455 §4.1: the
 //! resource name of the opening handshake), `/metrics` is the Prometheus page,
 //! and anything else is a static file. Sans-IO and total: every path has a route.
 
@@ -13,7 +13,9 @@ pub enum Route<'a> {
     Echo,
     /// `/chat` (the default room) or `/chat/ROOM`.
     Chat { room: &'a str },
-    /// `/chat/...` with something that cannot name a room.
+    /// `/relay/ROOM`: every message relayed verbatim to the room.
+    Relay { room: &'a str },
+    /// `/chat/...` or `/relay/...` with something that cannot name a room.
     BadRoom,
     /// `/metrics`.
     Metrics,
@@ -24,7 +26,10 @@ pub enum Route<'a> {
 impl Route<'_> {
     /// Whether the route takes only a WebSocket upgrade (and only `GET`).
     pub fn is_websocket(self) -> bool {
-        matches!(self, Route::Echo | Route::Chat { .. } | Route::BadRoom)
+        matches!(
+            self,
+            Route::Echo | Route::Chat { .. } | Route::Relay { .. } | Route::BadRoom
+        )
     }
 }
 
@@ -34,11 +39,20 @@ pub fn route(path: &str) -> Route<'_> {
         "/echo" => Route::Echo,
         "/chat" => Route::Chat { room: DEFAULT_ROOM },
         "/metrics" => Route::Metrics,
-        _ => match path.strip_prefix("/chat/") {
-            Some(room) if is_valid_room(room) => Route::Chat { room },
-            Some(_) => Route::BadRoom,
-            None => Route::File(path),
-        },
+        _ => {
+            if let Some(room) = path.strip_prefix("/chat/") {
+                return if is_valid_room(room) {
+                    Route::Chat { room }
+                } else {
+                    Route::BadRoom
+                };
+            }
+            match path.strip_prefix("/relay/") {
+                Some(room) if is_valid_room(room) => Route::Relay { room },
+                Some(_) => Route::BadRoom,
+                None => Route::File(path),
+            }
+        }
     }
 }
 
@@ -61,6 +75,9 @@ mod tests {
             ("/index.html", Route::File("/index.html")),
             ("/echo/", Route::File("/echo/")),
             ("/chatroom", Route::File("/chatroom")),
+            ("/relay/bench-1", Route::Relay { room: "bench-1" }),
+            ("/relay/", Route::BadRoom),
+            ("/relay", Route::File("/relay")),
         ] {
             assert_eq!(route(path), want, "{path}");
         }

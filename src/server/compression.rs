@@ -174,7 +174,8 @@ impl Deflate {
                 payload,
             )?;
             let mut out = Vec::with_capacity(smaller.len() + frame::MAX_HEADER_LEN);
-            frame::encode_compressed_frame(&mut out, OpCode::Text, smaller);
+            let opcode = frame::server_opcode(plain).unwrap_or(OpCode::Text);
+            frame::encode_compressed_frame(&mut out, opcode, smaller);
             Some(out.into())
         });
         made.as_ref().unwrap_or(plain)

@@ -37,6 +37,7 @@ use crate::connection::{Connection, Phase};
 use crate::handshake::OriginPolicy;
 use crate::http::StaticFiles;
 use crate::metrics::{Gauges, Metrics};
+use crate::relay::Relay;
 use log::info;
 use mio::net::TcpListener;
 use mio::{event::Event, Events, Interest, Poll, Token, Waker};
@@ -85,6 +86,7 @@ pub struct Server {
     origins: OriginPolicy,
     connections: Slab<Connection>,
     chat: Chat,
+    relay: Relay,
     metrics: Metrics,
     pending: Pending,
     /// One read buffer for all connections: idle connections hold none.
@@ -141,6 +143,7 @@ impl Server {
             origins: OriginPolicy {
                 allowed: config.allowed_origins.clone(),
             },
+            relay: Relay::default(),
             chat: Chat::new(HistoryLimits {
                 messages: config.history,
                 bytes: config.history_bytes,
@@ -274,6 +277,7 @@ impl Server {
         let mut gauges = Gauges {
             max_connections: self.max_connections,
             rooms: self.chat.room_count(),
+            relay_rooms: self.relay.room_count(),
             input_held_bytes: self.input_held,
             compress_calls: self.deflate.calls(),
             inflate_calls: self.inflate.calls(),

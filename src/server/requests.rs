@@ -80,6 +80,7 @@ impl Server {
                     member,
                 }
             }
+            Route::Relay { room } => Endpoint::Relay { room: room.into() },
             Route::BadRoom => {
                 let error = HttpError::new(
                     Status::NotFound,
@@ -195,7 +196,7 @@ impl Server {
         conn.deadline = None;
         let now = Instant::now();
         let max_message_size = match endpoint {
-            Endpoint::Echo => self.config.max_message_size,
+            Endpoint::Echo | Endpoint::Relay { .. } => self.config.max_message_size,
             Endpoint::Chat { .. } => self.config.max_chat_message_size,
         };
         let ping_interval = self.config.ping_interval;
@@ -215,6 +216,10 @@ impl Server {
         self.queue_flush(key);
         match &endpoint {
             Endpoint::Echo => info!("{peer} [{key}] upgraded: {}", request.target),
+            Endpoint::Relay { room } => {
+                info!("{peer} [{key}] upgraded: {}", request.target);
+                self.relay.join(room, key);
+            }
             Endpoint::Chat { room, member } => {
                 self.next_member_id += 1;
                 info!(

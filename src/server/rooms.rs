@@ -1,8 +1,11 @@
 //! Rooms: the chat's decisions (`chat.rs`: who is in a room, what a join, a
-//! message or a leave sends to whom) turned into frames queued on members'
-//! connections. Each frame was encoded once by the chat and is queued by
-//! reference on every recipient (`writes::deliver`).
+//! message or a leave sends to whom) and the relay's (`relay.rs`: every message
+//! to every member, verbatim) turned into frames queued on members'
+//! connections. Each frame is encoded once and queued by reference on every
+//! recipient (`writes::queue_frame`); members that agreed to permessage-deflate
+//! share one compressed copy (`fan_out`).
 
+use super::compression::Deflate;
 use super::writes::{deliver, queue_frame, Outbox, Outgoing};
 use super::{unix_millis, Server};
 use crate::chat::{Chat, Member, SharedFrame};
@@ -36,9 +39,8 @@ impl Server {
         }
     }
 
-    /// Sends a chat message's frame to every member of `room`, the sender too:
-    /// the plain frame, or to members that agreed to permessage-deflate one
-    /// compressed frame, made once for all of them (`compression.rs`).
+    /// Sends a chat message's frame to every member of `room`, the sender too,
+    /// and keeps it in the room's history.
     pub(super) fn broadcast(&mut self, room: &str, frame: SharedFrame) {
         self.metrics.broadcasts += 1;
         let Server {
@@ -55,18 +57,34 @@ impl Server {
             metrics,
             config,
         };
-        let mut compressed = None;
-        for &key in chat.publish(room, &frame) {
-            let Some(conn) = connections.get_mut(key) else {
-                continue;
-            };
-            let agreement = match &conn.phase {
-                Phase::WebSocket(ws) => ws.deflate,
-                _ => None,
-            };
-            let chosen = deflate.frame_for(agreement, &frame, &mut compressed);
-            queue_frame(conn, key, Outgoing::Shared(chosen), &mut outbox);
-        }
+        let members = chat.publish(room, &frame);
+        fan_out(connections, &mut outbox, deflate, members, &frame);
+    }
+
+    /// Passes a message on verbatim to every member of relay room `room`.
+    pub(super) fn relay(&mut self, room: &str, frame: SharedFrame) {
+        self.metrics.relays += 1;
+        let Server {
+            relay,
+            connections,
+            pending,
+            metrics,
+            config,
+            deflate,
+            ..
+        } = self;
+        let mut outbox = Outbox {
+            pending,
+            metrics,
+            config,
+        };
+        fan_out(
+            connections,
+            &mut outbox,
+            deflate,
+            relay.members(room),
+            &frame,
+        );
     }
 
     /// Takes a chat member out of its room, telling the others. Safe to call more
@@ -79,8 +97,14 @@ impl Server {
         let Some(ws) = self.connections.get_mut(key).and_then(|c| c.websocket()) else {
             return;
         };
-        let Endpoint::Chat { room, member } = &ws.endpoint else {
-            return;
+        let (room, member) = match &ws.endpoint {
+            Endpoint::Chat { room, member } => (room, member),
+            Endpoint::Relay { room } => {
+                let room = Rc::clone(room);
+                self.relay.leave(&room, key);
+                return;
+            }
+            Endpoint::Echo => return,
         };
         let (room, member) = (Rc::clone(room), member.clone());
         let (chat, connections, mut outbox) = self.split_for_delivery();
@@ -89,5 +113,29 @@ impl Server {
                 deliver(connections, &mut outbox, key, &left.notice);
             }
         }
+    }
+}
+
+/// Queues `frame` on every one of `members`: the plain frame, or to members that
+/// agreed to permessage-deflate one compressed frame, made once for all of them
+/// (`compression.rs`).
+fn fan_out(
+    connections: &mut Slab<Connection>,
+    outbox: &mut Outbox,
+    deflate: &mut Deflate,
+    members: &[usize],
+    frame: &SharedFrame,
+) {
+    let mut compressed = None;
+    for &key in members {
+        let Some(conn) = connections.get_mut(key) else {
+            continue;
+        };
+        let agreement = match &conn.phase {
+            Phase::WebSocket(ws) => ws.deflate,
+            _ => None,
+        };
+        let chosen = deflate.frame_for(agreement, frame, &mut compressed);
+        queue_frame(conn, key, Outgoing::Shared(chosen), outbox);
     }
 }

@@ -22,7 +22,10 @@ enum Next {
     Done,
     /// A reply found the peer past `--max-output`.
     SlowReader,
+    /// A chat message for its room.
     Broadcast(Rc<str>, SharedFrame),
+    /// A message to pass on verbatim to a relay room.
+    Relay(Rc<str>, SharedFrame),
     /// The closing handshake is over, or the connection failed: leave the room and
     /// close TCP once our last bytes are out.
     Closed,
@@ -63,6 +66,7 @@ impl Server {
                 Next::Done => return,
                 Next::SlowReader => close_slow_reader(conn, key, &mut outbox),
                 Next::Broadcast(room, frame) => self.broadcast(&room, frame), // rooms.rs
+                Next::Relay(room, frame) => self.relay(&room, frame),         // rooms.rs
                 Next::Closed => {
                     self.leave_room(key); // rooms.rs
                     return self.close_after_flush(key); // closing.rs
@@ -107,7 +111,7 @@ fn take_actions(
                 outbox.metrics.messages_in += 1;
                 outbox.metrics.compressed_messages_in += 1;
                 let limit = match ws.endpoint {
-                    Endpoint::Echo => outbox.config.max_message_size,
+                    Endpoint::Echo | Endpoint::Relay { .. } => outbox.config.max_message_size,
                     Endpoint::Chat { .. } => outbox.config.max_chat_message_size,
                 };
                 match codec.inflate.inflate(kind, compressed, limit) {
@@ -190,6 +194,11 @@ fn on_message<'a>(
             }
             Err(error) => Taken::Refused(error),
         },
+        Endpoint::Relay { room } => {
+            let mut frame = Vec::with_capacity(payload.len() + crate::frame::MAX_HEADER_LEN);
+            crate::frame::encode_frame(&mut frame, kind.opcode(), payload);
+            Taken::Next(Next::Relay(Rc::clone(room), frame.into()))
+        }
     }
 }
 
