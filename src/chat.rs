@@ -15,6 +15,7 @@ use crate::message::{CloseCode, MessageKind, ProtocolError};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write;
 use std::rc::Rc;
+use std::time::Instant;
 
 /// A frame encoded once and queued on many connections.
 pub type SharedFrame = Rc<[u8]>;
@@ -62,9 +63,10 @@ pub struct Member {
     pub name: Rc<str>,
 }
 
-/// The history limits of each room.
+/// The chat's bounds: history per room and over all rooms, and what the welcome
+/// tells a page about the server's limits.
 #[derive(Debug, Clone, Copy)]
-pub struct HistoryLimits {
+pub struct ChatLimits {
     /// Messages kept per room.
     pub messages: usize,
     /// Bytes of frames kept per room.
@@ -74,11 +76,23 @@ pub struct HistoryLimits {
     /// Bytes of history kept over all rooms: past it, the least recently active
     /// rooms give up their oldest messages first.
     pub total_bytes: usize,
+    /// Rooms with more members than this send no member list in the welcome:
+    /// the list a newcomer gets stays bounded however large the room.
+    pub member_list: usize,
+    /// The largest message, in bytes, and the message rate allowed per member
+    /// (0: no limit): told to pages in the welcome, so they can refuse an
+    /// over-long message before sending it.
+    pub max_message_bytes: usize,
+    pub max_message_rate: u32,
 }
 
 #[derive(Debug, Default)]
 struct Room {
+    /// Where each member's frames go, for fan-out: kept apart from `people` so
+    /// that a broadcast walks a compact list.
     members: Vec<ConnectionKey>,
+    /// Each member's id and name, at the same index as in `members`.
+    people: Vec<(u64, Rc<str>)>,
     /// The last messages, oldest first, as the frames that were broadcast.
     history: VecDeque<SharedFrame>,
     history_bytes: usize,
@@ -93,7 +107,7 @@ pub struct Chat {
     /// Rooms without members, oldest first; past `idle_rooms` the oldest is
     /// forgotten. Memory is thus bounded by the members plus a constant.
     idle: VecDeque<Rc<str>>,
-    limits: HistoryLimits,
+    limits: ChatLimits,
     /// Bytes of history over all rooms.
     history_total: usize,
     /// Rooms that keep history, least recently active first, by `Room::active_at`.
@@ -103,7 +117,7 @@ pub struct Chat {
 }
 
 impl Chat {
-    pub fn new(limits: HistoryLimits) -> Self {
+    pub fn new(limits: ChatLimits) -> Self {
         Chat {
             rooms: HashMap::new(),
             idle: VecDeque::new(),
@@ -137,16 +151,11 @@ impl Chat {
         self.idle.retain(|r| r != room_name);
         let room = self.rooms.entry(Rc::clone(room_name)).or_default();
         room.members.push(member.key);
+        room.people.push((member.id, Rc::clone(&member.name)));
         let online = room.members.len();
-
-        let mut welcome = String::from("{\"type\":\"welcome\",\"id\":");
-        let _ = write!(welcome, "{},\"name\":", member.id);
-        push_json_string(&mut welcome, &member.name);
-        welcome.push_str(",\"room\":");
-        push_json_string(&mut welcome, room_name);
-        let _ = write!(welcome, ",\"online\":{online}}}");
+        let welcome = welcome_frame(room_name, room, member, &self.limits);
         Joined {
-            welcome: text_frame(&welcome),
+            welcome,
             history: &room.history,
             notice: notice_frame("join", member, online, now_ms),
             members: &room.members,
@@ -222,6 +231,29 @@ impl Chat {
         }
     }
 
+    /// Renames member `key` of `room` to `name`; every member gets one rename
+    /// notice. `None` if it is not in the room.
+    pub fn rename(
+        &mut self,
+        room_name: &str,
+        member: &Member,
+        name: &Rc<str>,
+        now_ms: u64,
+    ) -> Option<Renamed<'_>> {
+        let room = self.rooms.get_mut(room_name)?;
+        let index = room.members.iter().position(|&k| k == member.key)?;
+        room.people[index].1 = Rc::clone(name);
+        let mut json = format!("{{\"type\":\"rename\",\"id\":{},\"from\":", member.id);
+        push_json_string(&mut json, &member.name);
+        json.push_str(",\"name\":");
+        push_json_string(&mut json, name);
+        let _ = write!(json, ",\"ts\":{now_ms}}}");
+        Some(Renamed {
+            notice: text_frame(&json),
+            members: &room.members,
+        })
+    }
+
     /// Removes `member` from `room`, if it is there; the members left get a leave
     /// notice. An emptied room keeps its history for whoever comes next, until
     /// more than `idle_rooms` rooms are empty.
@@ -229,6 +261,7 @@ impl Chat {
         let room = self.rooms.get_mut(room_name)?;
         let index = room.members.iter().position(|&k| k == member.key)?;
         room.members.swap_remove(index);
+        room.people.swap_remove(index);
         if room.members.is_empty() {
             self.idle.push_back(Rc::clone(room_name));
             if self.idle.len() > self.limits.idle_rooms {
@@ -243,6 +276,149 @@ impl Chat {
             notice: notice_frame("leave", member, room.members.len(), now_ms),
             members: &room.members,
         })
+    }
+}
+
+/// The welcome: who the newcomer is, the room, its count, who is in it (when
+/// the room is small enough to list), and the limits a page should know.
+fn welcome_frame(
+    room_name: &str,
+    room: &Room,
+    member: &Member,
+    limits: &ChatLimits,
+) -> SharedFrame {
+    let mut json = String::from("{\"type\":\"welcome\",\"id\":");
+    let _ = write!(json, "{},\"name\":", member.id);
+    push_json_string(&mut json, &member.name);
+    json.push_str(",\"room\":");
+    push_json_string(&mut json, room_name);
+    let _ = write!(json, ",\"online\":{},\"members\":", room.members.len());
+    if room.people.len() <= limits.member_list {
+        json.push('[');
+        for (i, (id, name)) in room.people.iter().enumerate() {
+            let comma = if i > 0 { "," } else { "" };
+            let _ = write!(json, "{comma}{{\"id\":{id},\"name\":");
+            push_json_string(&mut json, name);
+            json.push('}');
+        }
+        json.push(']');
+    } else {
+        json.push_str("null");
+    }
+    let _ = write!(
+        json,
+        ",\"limits\":{{\"max_message_bytes\":{},\"max_message_rate\":{}}}}}",
+        limits.max_message_bytes, limits.max_message_rate
+    );
+    text_frame(&json)
+}
+
+/// What a rename sends: `notice` to every member of the room.
+#[derive(Debug)]
+pub struct Renamed<'a> {
+    pub notice: SharedFrame,
+    pub members: &'a [ConnectionKey],
+}
+
+/// What a member's text asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Said<'a> {
+    /// A message for the room.
+    Message(&'a str),
+    /// `/nick NAME`: a new display name, already cleaned (`display_name`).
+    Rename(String),
+    /// `/nick` with nothing usable after it.
+    BadName,
+    /// Empty or whitespace only: ignored, never broadcast.
+    Blank,
+}
+
+/// Reads a member's text: a message, a `/nick NAME` command (as in IRC, so that
+/// any tool that sends plain text can rename too), or a blank to ignore.
+pub fn interpret(text: &str) -> Said<'_> {
+    if text.trim().is_empty() {
+        return Said::Blank;
+    }
+    let Some(rest) = text.strip_prefix("/nick") else {
+        return Said::Message(text);
+    };
+    if !rest.is_empty() && !rest.starts_with(char::is_whitespace) {
+        return Said::Message(text); // "/nickname" is a message
+    }
+    let requested = rest.trim();
+    if requested
+        .chars()
+        .all(|c| c.is_control() || c.is_whitespace())
+    {
+        return Said::BadName;
+    }
+    Said::Rename(display_name(Some(requested), 0))
+}
+
+/// A notice for one member only: `{"type":"notice","code":...,"text":...}`.
+pub fn notice_to_member(code: &str, text: &str) -> String {
+    let mut json = String::from("{\"type\":\"notice\",\"code\":");
+    push_json_string(&mut json, code);
+    json.push_str(",\"text\":");
+    push_json_string(&mut json, text);
+    json.push('}');
+    json
+}
+
+/// Flood control for one member: a token bucket that refills `rate` messages a
+/// second up to a burst of twice that. Sans-IO: the caller passes the time.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    tokens: f32,
+    last: Instant,
+    /// Messages dropped since the last one that passed.
+    dropped: u32,
+}
+
+/// What flood control says of one more message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Yes,
+    /// Dropped; the first drop of a run gets a notice to the sender.
+    DropWithNotice,
+    Drop,
+    /// Dropped past a whole `FLOOD_CLOSE_SECONDS` of excess: close with 1008.
+    Close,
+}
+
+/// A sender that keeps going this many seconds' worth of messages past its
+/// limit (at the allowed rate) is not a person who typed too fast: it is closed.
+pub const FLOOD_CLOSE_SECONDS: u32 = 20;
+
+impl Pace {
+    pub fn new(now: Instant, rate: u32) -> Self {
+        Pace {
+            tokens: (2 * rate) as f32,
+            last: now,
+            dropped: 0,
+        }
+    }
+
+    /// Whether one more message may pass at `now`, at `rate` messages a second
+    /// (0: always).
+    pub fn admit(&mut self, now: Instant, rate: u32) -> Admit {
+        if rate == 0 {
+            return Admit::Yes;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * rate as f32).min((2 * rate) as f32);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.dropped = 0;
+            return Admit::Yes;
+        }
+        self.dropped += 1;
+        match self.dropped {
+            1 => Admit::DropWithNotice,
+            n if n >= FLOOD_CLOSE_SECONDS * rate => Admit::Close,
+            _ => Admit::Drop,
+        }
     }
 }
 
@@ -375,11 +551,14 @@ mod tests {
         }
     }
 
-    const LIMITS: HistoryLimits = HistoryLimits {
+    const LIMITS: ChatLimits = ChatLimits {
         messages: 50,
         bytes: 64 * 1024,
         idle_rooms: 2,
         total_bytes: 1 << 20,
+        member_list: 3,
+        max_message_bytes: 1000,
+        max_message_rate: 10,
     };
 
     fn member(key: ConnectionKey, id: u64, name: &str) -> Member {
@@ -408,7 +587,7 @@ mod tests {
         assert_eq!(
             log.to(2),
             vec![
-                r#"{"type":"welcome","id":102,"name":"bob","room":"lobby","online":2}"#,
+                r#"{"type":"welcome","id":102,"name":"bob","room":"lobby","online":2,"members":[{"id":101,"name":"ann"},{"id":102,"name":"bob"}],"limits":{"max_message_bytes":1000,"max_message_rate":10}}"#,
                 r#"{"type":"join","id":102,"name":"bob","online":2,"ts":11}"#,
                 r#"{"type":"message","id":101,"from":"ann","text":"hi \"bob\"","ts":12,"room":"lobby"}"#,
             ]
@@ -435,7 +614,7 @@ mod tests {
 
     #[test]
     fn newcomers_get_bounded_history_after_the_welcome() {
-        let mut chat = Chat::new(HistoryLimits {
+        let mut chat = Chat::new(ChatLimits {
             messages: 2,
             ..LIMITS
         });
@@ -456,7 +635,7 @@ mod tests {
 
     #[test]
     fn history_is_bounded_in_bytes() {
-        let mut chat = Chat::new(HistoryLimits {
+        let mut chat = Chat::new(ChatLimits {
             bytes: 300,
             ..LIMITS
         });
@@ -504,7 +683,7 @@ mod tests {
     fn the_history_budget_gives_up_the_least_recently_active_rooms_first() {
         let ann = member(1, 1, "ann");
         let one = message_frame("r0", &ann, "x", 0).len();
-        let mut chat = Chat::new(HistoryLimits {
+        let mut chat = Chat::new(ChatLimits {
             total_bytes: 10 * one,
             ..LIMITS
         });
@@ -546,6 +725,90 @@ mod tests {
         }
         let frame_len = message_frame("a", &ann, "a", 0).len();
         assert_eq!(chat.history_bytes(), 2 * frame_len);
+    }
+
+    #[test]
+    fn the_welcome_lists_members_while_the_room_is_small_and_says_the_limits() {
+        let mut chat = Chat::new(LIMITS); // lists up to 3
+        let mut log = Log(Vec::new());
+        let r = room("r");
+        for (i, name) in ["ann", "bob", "cy", "dee"].into_iter().enumerate() {
+            log.join(&mut chat, &r, &member(i, i as u64 + 1, name), 0);
+        }
+        assert_eq!(
+            log.to(2)[0],
+            r#"{"type":"welcome","id":3,"name":"cy","room":"r","online":3,"members":[{"id":1,"name":"ann"},{"id":2,"name":"bob"},{"id":3,"name":"cy"}],"limits":{"max_message_bytes":1000,"max_message_rate":10}}"#
+        );
+        assert!(
+            log.to(3)[0].contains(r#""online":4,"members":null,"#),
+            "{}",
+            log.to(3)[0]
+        );
+    }
+
+    #[test]
+    fn a_rename_is_one_notice_and_the_list_follows_it() {
+        let mut chat = Chat::new(LIMITS);
+        let mut log = Log(Vec::new());
+        let r = room("r");
+        let ann = member(1, 1, "ann");
+        log.join(&mut chat, &r, &ann, 0);
+        log.join(&mut chat, &r, &member(2, 2, "bob"), 0);
+        log.0.clear();
+        let renamed = chat.rename("r", &ann, &"annie".into(), 5).unwrap();
+        let keys = renamed.members.to_vec();
+        let notice = payload(&renamed.notice);
+        assert_eq!(keys, [1, 2]);
+        assert_eq!(
+            notice,
+            r#"{"type":"rename","id":1,"from":"ann","name":"annie","ts":5}"#
+        );
+        log.join(&mut chat, &r, &member(3, 3, "cy"), 0);
+        assert!(
+            log.to(3)[0].contains(r#"{"id":1,"name":"annie"}"#),
+            "{}",
+            log.to(3)[0]
+        );
+    }
+
+    #[test]
+    fn text_is_a_message_a_rename_or_a_blank() {
+        assert_eq!(interpret("hello"), Said::Message("hello"));
+        assert_eq!(interpret("/nick annie"), Said::Rename("annie".into()));
+        assert_eq!(
+            interpret("/nick   ann  b \u{7}"),
+            Said::Rename("ann  b".into())
+        );
+        assert_eq!(interpret("/nickname"), Said::Message("/nickname"));
+        assert_eq!(interpret("/nick"), Said::BadName);
+        assert_eq!(interpret("/nick  \u{1}"), Said::BadName);
+        for blank in ["", " ", "\n", " \t\r\n "] {
+            assert_eq!(interpret(blank), Said::Blank, "{blank:?}");
+        }
+    }
+
+    #[test]
+    fn flood_control_allows_a_burst_then_the_rate_then_closes_a_flood() {
+        let start = Instant::now();
+        let mut pace = Pace::new(start, 5);
+        let admitted: Vec<Admit> = (0..12).map(|_| pace.admit(start, 5)).collect();
+        assert!(admitted[..10].iter().all(|a| *a == Admit::Yes));
+        assert_eq!(admitted[10..], [Admit::DropWithNotice, Admit::Drop]);
+        // A second later, five more pass.
+        let later = start + std::time::Duration::from_secs(1);
+        let passed = (0..8)
+            .filter(|_| pace.admit(later, 5) == Admit::Yes)
+            .count();
+        assert_eq!(passed, 5);
+        // A sender that never stops is closed after 20 seconds' worth.
+        let mut closed = false;
+        for _ in 0..(FLOOD_CLOSE_SECONDS * 5) {
+            closed |= pace.admit(later, 5) == Admit::Close;
+        }
+        assert!(closed);
+        // Rate 0: no limit.
+        let mut free = Pace::new(start, 0);
+        assert!((0..1000).all(|_| free.admit(start, 0) == Admit::Yes));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! is reading paused, is the connection to be freed) lives here. The server
 //! decides; this module holds the state.
 
-use crate::chat::Member;
+use crate::chat::{Member, Pace};
 use crate::deflate::Agreement;
 use crate::output::OutputQueue;
 use crate::session::Session;
@@ -40,7 +40,12 @@ pub enum Endpoint {
     /// `/echo`: every message comes back as it came.
     Echo,
     /// `/chat[/room]`: a member of a chat room.
-    Chat { room: Rc<str>, member: Member },
+    Chat {
+        room: Rc<str>,
+        member: Member,
+        /// Flood control (`--max-message-rate`).
+        pace: Pace,
+    },
     /// `/relay/room`: a member of a relay room (messages passed on verbatim).
     Relay { room: Rc<str> },
 }

@@ -46,34 +46,40 @@ fn an_absolute_form_target_is_routed_by_its_path_and_checked_by_its_authority() 
 
 #[test]
 fn many_slow_readers_at_once_are_all_dropped_and_the_others_served() {
-    with_server(config_with(|c| c.max_output = 16 * 1024), |addr| {
-        // Forty members who never read, then one who reads and sends.
-        let _sleepers: Vec<Raw> = (0..40)
-            .map(|_| Raw::websocket(addr, "/chat/crowd"))
-            .collect();
-        let mut member = client(addr, "/chat/crowd");
-        let big = "z".repeat(60 * 1024);
-        for _ in 0..200 {
-            member
-                .send(tungstenite::Message::text(big.clone()))
-                .expect("the reader stays connected");
-            // It keeps up with every message (and the notices between them).
-            loop {
-                let message = member.read().expect("the reader stays connected");
-                if message
-                    .into_text()
-                    .unwrap()
-                    .contains("\"type\":\"message\"")
-                {
+    with_server(
+        config_with(|c| {
+            c.max_output = 16 * 1024;
+            c.max_message_rate = 0; // a load, not a person
+        }),
+        |addr| {
+            // Forty members who never read, then one who reads and sends.
+            let _sleepers: Vec<Raw> = (0..40)
+                .map(|_| Raw::websocket(addr, "/chat/crowd"))
+                .collect();
+            let mut member = client(addr, "/chat/crowd");
+            let big = "z".repeat(60 * 1024);
+            for _ in 0..200 {
+                member
+                    .send(tungstenite::Message::text(big.clone()))
+                    .expect("the reader stays connected");
+                // It keeps up with every message (and the notices between them).
+                loop {
+                    let message = member.read().expect("the reader stays connected");
+                    if message
+                        .into_text()
+                        .unwrap()
+                        .contains("\"type\":\"message\"")
+                    {
+                        break;
+                    }
+                }
+                if metric(addr, "loopchat_slow_readers_dropped_total") >= 40 {
                     break;
                 }
             }
-            if metric(addr, "loopchat_slow_readers_dropped_total") >= 40 {
-                break;
-            }
-        }
-        assert_eq!(metric(addr, "loopchat_slow_readers_dropped_total"), 40);
-    });
+            assert_eq!(metric(addr, "loopchat_slow_readers_dropped_total"), 40);
+        },
+    );
 }
 
 // ---- HTTP deadlines -----------------------------------------------------------------------

@@ -306,7 +306,15 @@ fn five_thousand_connections_each_get_every_message_in_order() {
     let deadline = Instant::now() + budget;
     let target = connections_that_fit();
     assert!(target >= 100, "too few descriptors for a soak: {target}");
-    let (mut child, addr) = spawn_binary(&["--log-level", "warn", "--ping-interval", "300s"]);
+    // A load test: flood control off, as the README says for load tools.
+    let (mut child, addr) = spawn_binary(&[
+        "--log-level",
+        "warn",
+        "--ping-interval",
+        "300s",
+        "--max-message-rate",
+        "0",
+    ]);
     let pid = child.pid();
     let rss_idle = rss_kib(Some(pid));
 
