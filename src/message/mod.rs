@@ -237,7 +237,9 @@ impl Receiver {
     /// Forgets the buffer lent out by the last event.
     fn release_delivered(&mut self) {
         match self.delivered.take() {
-            Some(OpCode::Ping | OpCode::Pong | OpCode::Close) => self.control.clear(),
+            // A control payload is freed, not kept: every peer answers a ping
+            // now and then, and an idle connection should hold nothing.
+            Some(OpCode::Ping | OpCode::Pong | OpCode::Close) => self.control = Vec::new(),
             Some(_) => {
                 self.message_kind = None;
                 self.utf8_valid_up_to = 0;

@@ -21,6 +21,7 @@ pub(super) fn tick_interval(config: &Config) -> Duration {
         config.ping_interval,
         config.handshake_timeout,
         config.close_timeout,
+        config.message_timeout,
     ]
     .into_iter()
     .min()
