@@ -1,6 +1,9 @@
 //! Runs the chat page end to end in a real browser: `tests/browser/chat.test.mjs`
 //! drives Debian's chromium with playwright-core against the `loopchat` binary
-//! (which the script starts, kills and restarts itself).
+//! (which the script starts, kills and restarts itself). A second server, with
+//! `--permessage-deflate`, then shows the extension negotiated in the page
+//! (`ws.extensions`) and 2 KiB chat messages compressed both ways (`/metrics`);
+//! the first, without the flag, shows `ws.extensions` empty.
 //!
 //! Needs `/usr/bin/chromium` (or `CHROMIUM=...`), Node >= 20 with npm, and
 //! `tests/browser/node_modules`. When only `node_modules` is missing, the test

@@ -12,6 +12,10 @@
 //   HEADED             1 = show the browser window (needs a display)
 //   LOOPCHAT_ARGS      extra server arguments, split on spaces; e.g.
 //                      "--static-dir static" tests the page without a rebuild
+//
+// After the main scenario (permessage-deflate off: ws.extensions is ""), a
+// second server is started with --permessage-deflate, where two users chat a
+// 2 KiB message that goes both ways compressed (ws.extensions and /metrics).
 
 import { spawn } from 'node:child_process';
 import { mkdirSync, copyFileSync } from 'node:fs';
@@ -62,11 +66,11 @@ function canConnect(port) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function startServer(port) {
+async function startServer(port, args = []) {
   // The port was just freed (or the previous server just died), so retry a
   // few times in case the bind loses a race.
   for (let attempt = 1; ; attempt++) {
-    const child = spawn(BIN, ['--addr', `127.0.0.1:${port}`, ...EXTRA_ARGS], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(BIN, ['--addr', `127.0.0.1:${port}`, ...EXTRA_ARGS, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     const output = [];
     const keep = (chunk) => { output.push(chunk.toString()); if (output.length > 400) output.shift(); };
     child.stdout.on('data', keep);
@@ -149,6 +153,28 @@ async function setName(page, name) {
   await page.press('#name', 'Enter');
 }
 
+// The page's current WebSocket is its top-level `let ws` (a classic script), so
+// page.evaluate can read it by name.
+const extensions = (page) => page.evaluate(() => (ws ? ws.extensions : null));
+
+// One metric's value from the server's /metrics page (0 if absent).
+async function metric(base, name) {
+  const res = await fetch(base + '/metrics');
+  assert.equal(res.status, 200, 'GET /metrics');
+  const line = (await res.text()).split('\n').find((l) => l.startsWith(name + ' '));
+  return line ? Number(line.slice(name.length + 1)) : 0;
+}
+
+// English-like text of exactly `len` bytes (ASCII).
+function english(len) {
+  const words = ['the', 'server', 'reads', 'every', 'message', 'once', 'and', 'sends', 'it', 'to',
+    'each', 'member', 'of', 'the', 'room', 'who', 'is', 'still', 'there', 'when', 'a', 'new', 'frame',
+    'arrives', 'from', 'the', 'loop'];
+  let s = '';
+  for (let i = 0; s.length < len; i++) s += words[(i * 7 + Math.floor(i / 5)) % words.length] + (i % 11 === 10 ? '. ' : ' ');
+  return s.slice(0, len - 1) + '.';
+}
+
 function watch(page, who, sink) {
   page.on('dialog', (d) => { sink.dialogs.push(`${who}: ${d.type()} ${d.message()}`); d.dismiss().catch(() => {}); });
   page.on('pageerror', (e) => sink.errors.push(`${who}: ${e.message}`));
@@ -181,6 +207,8 @@ async function scenario(browser, port) {
     await status(alice, 'online');
     await notice(alice, 'Connected to #lobby');
     ok('alice: page served at /, connected to the lobby');
+    assert.equal(await extensions(alice), '', 'ws.extensions without --permessage-deflate');
+    ok('without --permessage-deflate: ws.extensions is ""');
 
     await setName(alice, 'alice');
     await notice(alice, 'Connected to #lobby as alice');
@@ -312,6 +340,75 @@ async function scenario(browser, port) {
   }
 }
 
+// A second server, with --permessage-deflate: chromium offers the extension,
+// gets it, and a 2 KiB message goes in and out compressed.
+async function deflateScenario(browser, port) {
+  const base = `http://127.0.0.1:${port}`;
+  const seen = { dialogs: [], errors: [], console: [] };
+  const room = 'squeeze';
+  const annCtx = await browser.newContext({ viewport: { width: 600, height: 500 } });
+  const benCtx = await browser.newContext({ viewport: { width: 600, height: 500 } });
+  await annCtx.addInitScript(() => localStorage.setItem('loopchat.name', 'ann'));
+  await benCtx.addInitScript(() => localStorage.setItem('loopchat.name', 'ben'));
+  const ann = await annCtx.newPage();
+  const ben = await benCtx.newPage();
+  watch(ann, 'ann', seen);
+  watch(ben, 'ben', seen);
+  const pages = { ann, ben };
+  try {
+    for (const [who, page] of Object.entries(pages)) {
+      await page.goto(`${base}/#${room}`);
+      await status(page, 'online');
+      await notice(page, `Connected to #${room} as ${who}`);
+      const agreed = await extensions(page);
+      assert.equal(agreed, 'permessage-deflate; server_no_context_takeover; client_no_context_takeover',
+        `${who}: ws.extensions`);
+    }
+    await onlineCount(ann, 2);
+    assert.equal(await metric(base, 'loopchat_deflate_connections'), 2);
+    ok('with --permessage-deflate: ws.extensions names permessage-deflate for both; 2 deflate connections');
+
+    const inBefore = await metric(base, 'loopchat_compressed_messages_in_total');
+    const outBefore = await metric(base, 'loopchat_compressed_frames_out_total');
+    const callsBefore = await metric(base, 'loopchat_compress_calls_total');
+    const long = english(2048);
+    await send(ann, long);
+    await message(ann, 'ann', long);
+    await message(ben, 'ann', long);
+    const reply = 'Got it: ' + english(2040);
+    await send(ben, reply);
+    await message(ann, 'ben', reply);
+    await message(ben, 'ben', reply);
+    const messagesIn = (await metric(base, 'loopchat_compressed_messages_in_total')) - inBefore;
+    const framesOut = (await metric(base, 'loopchat_compressed_frames_out_total')) - outBefore;
+    const calls = (await metric(base, 'loopchat_compress_calls_total')) - callsBefore;
+    log(`compressed messages in: ${messagesIn}, compressed frames out: ${framesOut}, compress calls: ${calls}`);
+    assert.ok(messagesIn > 0, 'chromium sent the 2 KiB messages compressed');
+    assert.equal(messagesIn, 2, 'both 2 KiB messages came in compressed');
+    assert.ok(framesOut > 0, 'the server sent compressed frames');
+    assert.equal(framesOut, 4, 'two broadcasts to two deflate members');
+    assert.equal(calls, 2, 'one compression per broadcast');
+    ok('a 2 KiB message each way: both see them; /metrics counts compressed messages in and frames out');
+
+    assert.deepEqual(seen.errors, [], 'uncaught page errors');
+    assert.deepEqual(seen.dialogs, [], 'a dialog fired');
+  } catch (err) {
+    mkdirSync(OUT, { recursive: true });
+    for (const [who, page] of Object.entries(pages)) {
+      const file = path.join(OUT, `failure-deflate-${who}.png`);
+      await page.screenshot({ path: file }).catch(() => {});
+      const text = await page.evaluate(() => document.querySelector('#log')?.innerText).catch(() => '?');
+      console.error(`--- ${who}'s log (screenshot: ${file}) ---\n${text}`);
+    }
+    if (seen.errors.length) console.error('page errors:\n  ' + seen.errors.join('\n  '));
+    if (seen.console.length) console.error('console errors:\n  ' + seen.console.join('\n  '));
+    throw err;
+  } finally {
+    await annCtx.close().catch(() => {});
+    await benCtx.close().catch(() => {});
+  }
+}
+
 // ------------------------------------------------------------------ main ----
 async function main() {
   const port = await freePort();
@@ -329,6 +426,10 @@ async function main() {
   log(`chromium ${browser.version()}`);
   try {
     await scenario(browser, port);
+    await stopServer();
+    const deflatePort = await freePort();
+    await startServer(deflatePort, ['--permessage-deflate']);
+    await deflateScenario(browser, deflatePort);
   } finally {
     await browser.close().catch(() => {});
   }
