@@ -285,9 +285,24 @@ fn join(addr: SocketAddr, path: &str) -> (Raw, Json, Vec<Json>) {
                 assert_eq!(json.int("online"), welcome.int("online"));
                 return (raw, welcome, history);
             }
+            // In a big room the newcomer's join comes in the next presence notice.
+            "presence" if lists(&json, "joined", welcome.int("id")) => {
+                return (raw, welcome, history);
+            }
+            "presence" => {}
             other => panic!("unexpected {other} before the join notice: {}", json.source),
         }
     }
+}
+
+/// Whether the `key` list of a presence notice names member `id`.
+fn lists(json: &Json, key: &str, id: i64) -> bool {
+    let Value::List(people) = json.get(key) else {
+        panic!("{key} is not a list in {}", json.source);
+    };
+    people.iter().any(|person| {
+        matches!(person, Value::Object(fields) if fields.contains(&("id".to_string(), Value::Int(id))))
+    })
 }
 
 /// Reads a join notice for `who` (a welcome) with `online` members.
@@ -714,7 +729,8 @@ fn broadcasts_to_more_members_than_one_flush_slice_arrive_whole_and_in_order() {
     const MEMBERS: usize = 300;
     const SENDERS: usize = 3;
     const PER_SENDER: usize = 10;
-    with_server(config(), |addr| {
+    // Every join announced at once (not coalesced): this test is about the flush.
+    with_server(config_with(|c| c.member_list_limit = MEMBERS), |addr| {
         let mut members: Vec<(Raw, Json)> = (0..MEMBERS)
             .map(|i| {
                 let (raw, welcome, _) = join(addr, &format!("/chat/big?name=m{i}"));
@@ -746,5 +762,40 @@ fn broadcasts_to_more_members_than_one_flush_slice_arrive_whole_and_in_order() {
                 next_from[sender] += 1;
             }
         }
+    });
+}
+
+#[test]
+fn a_big_room_announces_joins_together_and_every_count_settles() {
+    // Past --member-list-limit members, joins and leaves are announced once per
+    // timer tick in one `presence` notice, so filling a room costs O(N).
+    with_server(config_with(|c| c.member_list_limit = 2), |addr| {
+        let (mut ann, _, _) = join(addr, "/chat/big?name=ann");
+        let (_bob, _, _) = join(addr, "/chat/big?name=bob");
+        expect(&mut ann, "join"); // bob's, announced at once: the room is small
+        let _late: Vec<Raw> = (0..4)
+            .map(|i| Raw::websocket(addr, &format!("/chat/big?name=late{i}")))
+            .collect();
+        // The four late joins arrive as presence notices (one or more ticks).
+        let mut joined = 0;
+        let mut online = 0;
+        while joined < 4 {
+            let presence = expect(&mut ann, "presence");
+            presence.assert_keys(&[
+                "type",
+                "online",
+                "joined",
+                "left",
+                "more_joined",
+                "more_left",
+                "ts",
+            ]);
+            match presence.get("joined") {
+                Value::List(people) => joined += people.len(),
+                other => panic!("joined is {other:?}"),
+            }
+            online = presence.int("online");
+        }
+        assert_eq!((joined, online), (4, 6));
     });
 }

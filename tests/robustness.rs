@@ -91,7 +91,9 @@ fn a_response_that_is_being_read_is_not_cut_off_by_the_request_deadline() {
     std::fs::write(dir.join("big.bin"), &body).unwrap();
     let config = config_with(|c| {
         c.static_dir = Some(dir.clone());
-        c.handshake_timeout = Duration::from_millis(200);
+        // Long enough that a busy machine does not starve a progressing
+        // reader, short enough that the slow read below outlasts it.
+        c.handshake_timeout = Duration::from_millis(500);
     });
     with_server(config, |addr| {
         let mut raw = Raw::connect(addr);
@@ -102,7 +104,7 @@ fn a_response_that_is_being_read_is_not_cut_off_by_the_request_deadline() {
         let mut received = raw.buffered().to_vec();
         let mut chunk = [0u8; 256 * 1024];
         while received.len() < body.len() {
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(40));
             match raw.stream.read(&mut chunk) {
                 Ok(0) => break,
                 Ok(n) => received.extend_from_slice(&chunk[..n]),

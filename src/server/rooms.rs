@@ -35,8 +35,10 @@ impl Server {
         for old in joined.history {
             deliver(connections, &mut outbox, member.key, old);
         }
-        for &key in joined.members {
-            deliver(connections, &mut outbox, key, &joined.notice);
+        if let Some(notice) = &joined.notice {
+            for &key in joined.members {
+                deliver(connections, &mut outbox, key, notice);
+            }
         }
     }
 
@@ -86,6 +88,21 @@ impl Server {
             relay.members(room),
             &frame,
         );
+    }
+
+    /// Announces the joins and leaves of big rooms collected since the last
+    /// tick, one notice per room (`chat/presence.rs`).
+    pub(super) fn announce_presence(&mut self) {
+        let now_ms = unix_millis();
+        loop {
+            let (chat, connections, mut outbox) = self.split_for_delivery();
+            let Some((notice, members)) = chat.next_presence(now_ms) else {
+                return;
+            };
+            for &key in members {
+                deliver(connections, &mut outbox, key, &notice);
+            }
+        }
     }
 
     /// Renames chat member `key`: one rename notice to its room, and the new

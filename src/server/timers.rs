@@ -48,6 +48,7 @@ impl Server {
             );
             self.refused_unlogged = 0;
         }
+        self.announce_presence(); // rooms.rs
         let mut due = Vec::new();
         let ping_interval = self.config.ping_interval;
         for (key, conn) in self.connections.iter_mut() {

@@ -113,38 +113,17 @@ fn take_actions(
             Action::Absorbed => continue,
             Action::Message(kind, payload) => {
                 outbox.metrics.messages_in += 1;
-                let (config, metrics) = (outbox.config, &mut *outbox.metrics);
-                let endpoint = &mut ws.endpoint;
-                on_message(
-                    endpoint,
-                    ws.deflate,
-                    kind,
-                    payload,
-                    codec.deflate,
-                    config,
-                    metrics,
-                )
+                let mut context = Context::new(codec.deflate, outbox);
+                on_message(&mut ws.endpoint, ws.deflate, kind, payload, &mut context)
             }
             Action::CompressedMessage(kind, compressed) => {
                 outbox.metrics.messages_in += 1;
                 outbox.metrics.compressed_messages_in += 1;
-                let limit = match ws.endpoint {
-                    Endpoint::Echo | Endpoint::Relay { .. } => outbox.config.max_message_size,
-                    Endpoint::Chat { .. } => outbox.config.max_chat_message_size,
-                };
+                let limit = max_message_size(&ws.endpoint, outbox.config);
                 match codec.inflate.inflate(kind, compressed, limit) {
                     Ok(payload) => {
-                        let (config, metrics) = (outbox.config, &mut *outbox.metrics);
-                        let endpoint = &mut ws.endpoint;
-                        on_message(
-                            endpoint,
-                            ws.deflate,
-                            kind,
-                            payload,
-                            codec.deflate,
-                            config,
-                            metrics,
-                        )
+                        let mut context = Context::new(codec.deflate, outbox);
+                        on_message(&mut ws.endpoint, ws.deflate, kind, payload, &mut context)
                     }
                     Err(error) => Taken::Refused(error),
                 }
@@ -157,11 +136,7 @@ fn take_actions(
             } => {
                 let code_text = code.map_or("no code".to_string(), |c| c.to_string());
                 info!("{} [{key}] sent close {code_text} {reason:?}", conn.peer);
-                outbox.metrics.close_frame_received(code);
-                if let Some(answer) = answer {
-                    push_close(conn, key, answer, "", outbox);
-                }
-                break Next::Closed;
+                break peer_closed(conn, key, code, answer, outbox);
             }
             Action::Fail { error, send_close } => break fail(conn, key, error, send_close, outbox),
         };
@@ -179,13 +154,8 @@ fn take_actions(
                 break fail(conn, key, error, send_close, outbox);
             }
         };
-        if !push_frame(
-            &mut conn.socket,
-            &mut conn.output,
-            reply,
-            outbox.metrics,
-            outbox.config,
-        ) {
+        let (metrics, config) = (&mut *outbox.metrics, outbox.config);
+        if !push_frame(&mut conn.socket, &mut conn.output, reply, metrics, config) {
             break Next::SlowReader;
         }
         replied = true;
@@ -194,6 +164,48 @@ fn take_actions(
         push_flush(conn, key, outbox.pending);
     }
     next
+}
+
+/// What `on_message` needs besides the message: the compressor (for an echo
+/// reply) and the limits and counters.
+struct Context<'a, 'o> {
+    deflate: Option<&'a mut Deflate>,
+    config: &'o Config,
+    metrics: &'o mut Metrics,
+}
+
+impl<'a, 'o> Context<'a, 'o> {
+    fn new(deflate: &'a mut Deflate, outbox: &'o mut Outbox) -> Self {
+        Context {
+            deflate: Some(deflate),
+            config: outbox.config,
+            metrics: outbox.metrics,
+        }
+    }
+}
+
+/// The largest message `endpoint` takes.
+fn max_message_size(endpoint: &Endpoint, config: &Config) -> usize {
+    match endpoint {
+        Endpoint::Echo | Endpoint::Relay { .. } => config.max_message_size,
+        Endpoint::Chat { .. } => config.max_chat_message_size,
+    }
+}
+
+/// The peer's close frame: counted, and answered if the peer started the
+/// closing handshake (§5.5.1); TCP closes once our close is out.
+fn peer_closed(
+    conn: &mut Connection,
+    key: usize,
+    code: Option<CloseCode>,
+    answer: Option<CloseCode>,
+    outbox: &mut Outbox,
+) -> Next {
+    outbox.metrics.close_frame_received(code);
+    if let Some(answer) = answer {
+        push_close(conn, key, answer, "", outbox);
+    }
+    Next::Closed
 }
 
 /// What a message leads to.
@@ -219,15 +231,24 @@ fn on_message<'a>(
     agreement: Option<Agreement>,
     kind: MessageKind,
     payload: &'a [u8],
-    deflate: &'a mut Deflate,
-    config: &Config,
-    metrics: &mut Metrics,
+    context: &mut Context<'a, '_>,
 ) -> Taken<'a> {
+    let Context {
+        deflate,
+        config,
+        metrics,
+    } = context;
     match endpoint {
-        Endpoint::Echo => Taken::Reply(match deflate.compress_reply(agreement, payload) {
-            Some(compressed) => Outgoing::Compressed(kind.opcode(), compressed),
-            None => Outgoing::Frame(kind.opcode(), payload),
-        }),
+        Endpoint::Echo => {
+            // The compressor is lent to the reply, which borrows its output.
+            let compressed = deflate
+                .take()
+                .and_then(|d| d.compress_reply(agreement, payload));
+            Taken::Reply(match compressed {
+                Some(compressed) => Outgoing::Compressed(kind.opcode(), compressed),
+                None => Outgoing::Frame(kind.opcode(), payload),
+            })
+        }
         Endpoint::Relay { room } => {
             let mut frame = Vec::with_capacity(payload.len() + crate::frame::MAX_HEADER_LEN);
             crate::frame::encode_frame(&mut frame, kind.opcode(), payload);

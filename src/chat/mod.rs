@@ -10,12 +10,19 @@
 //! `id` and `from`, so a client cannot pass its words off as a notice or as someone
 //! else's.
 
-use crate::frame::{self, OpCode};
+mod flood;
+mod frames;
+mod presence;
+
+pub use flood::{Admit, Pace};
+pub use frames::{message_frame, notice_to_member, push_json_string, text_frame};
+use frames::{notice_frame, welcome_frame};
+
 use crate::message::{CloseCode, MessageKind, ProtocolError};
+use presence::Presence;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write;
 use std::rc::Rc;
-use std::time::Instant;
 
 /// A frame encoded once and queued on many connections.
 pub type SharedFrame = Rc<[u8]>;
@@ -98,6 +105,8 @@ struct Room {
     history_bytes: usize,
     /// When a message was last kept here, on the chat's activity clock (0: never).
     active_at: u64,
+    /// A big room's joins and leaves not yet announced (`presence.rs`).
+    presence: Presence,
 }
 
 /// Every room and its members.
@@ -114,6 +123,8 @@ pub struct Chat {
     by_activity: BTreeMap<u64, Rc<str>>,
     /// The activity clock: one tick per message kept.
     clock: u64,
+    /// Big rooms with joins or leaves to announce at the next tick.
+    presence_due: Vec<Rc<str>>,
 }
 
 impl Chat {
@@ -125,6 +136,7 @@ impl Chat {
             history_total: 0,
             by_activity: BTreeMap::new(),
             clock: 0,
+            presence_due: Vec::new(),
         }
     }
 
@@ -154,10 +166,20 @@ impl Chat {
         room.people.push((member.id, Rc::clone(&member.name)));
         let online = room.members.len();
         let welcome = welcome_frame(room_name, room, member, &self.limits);
+        // While announcements are pending, later ones wait too, to keep their order.
+        let notice = if online > self.limits.member_list || !room.presence.is_empty() {
+            if room.presence.is_empty() {
+                self.presence_due.push(Rc::clone(room_name));
+            }
+            room.presence.joined(member.id, &member.name);
+            None
+        } else {
+            Some(notice_frame("join", member, online, now_ms))
+        };
         Joined {
             welcome,
             history: &room.history,
-            notice: notice_frame("join", member, online, now_ms),
+            notice,
             members: &room.members,
         }
     }
@@ -231,6 +253,24 @@ impl Chat {
         }
     }
 
+    /// The next big room's coalesced join/leave notice and who must get it; call
+    /// once per timer tick until `None`.
+    pub fn next_presence(&mut self, now_ms: u64) -> Option<(SharedFrame, &[ConnectionKey])> {
+        loop {
+            let name = self.presence_due.pop()?;
+            let Some(room) = self.rooms.get_mut(&name) else {
+                continue;
+            };
+            if room.presence.is_empty() || room.members.is_empty() {
+                room.presence = Presence::default();
+                continue;
+            }
+            let notice = room.presence.take_notice(room.members.len(), now_ms);
+            let room = self.rooms.get(&name)?;
+            return Some((notice, &room.members));
+        }
+    }
+
     /// Renames member `key` of `room` to `name`; every member gets one rename
     /// notice. `None` if it is not in the room.
     pub fn rename(
@@ -271,46 +311,21 @@ impl Chat {
             }
             return None;
         }
+        if room.members.len() >= self.limits.member_list || !room.presence.is_empty() {
+            // A big room (or one with announcements pending, whose order must
+            // hold): announced with the others at the next tick.
+            if room.presence.is_empty() {
+                self.presence_due.push(Rc::clone(room_name));
+            }
+            room.presence.left(member.id, &member.name);
+            return None;
+        }
         let room = self.rooms.get(room_name)?;
         Some(Left {
             notice: notice_frame("leave", member, room.members.len(), now_ms),
             members: &room.members,
         })
     }
-}
-
-/// The welcome: who the newcomer is, the room, its count, who is in it (when
-/// the room is small enough to list), and the limits a page should know.
-fn welcome_frame(
-    room_name: &str,
-    room: &Room,
-    member: &Member,
-    limits: &ChatLimits,
-) -> SharedFrame {
-    let mut json = String::from("{\"type\":\"welcome\",\"id\":");
-    let _ = write!(json, "{},\"name\":", member.id);
-    push_json_string(&mut json, &member.name);
-    json.push_str(",\"room\":");
-    push_json_string(&mut json, room_name);
-    let _ = write!(json, ",\"online\":{},\"members\":", room.members.len());
-    if room.people.len() <= limits.member_list {
-        json.push('[');
-        for (i, (id, name)) in room.people.iter().enumerate() {
-            let comma = if i > 0 { "," } else { "" };
-            let _ = write!(json, "{comma}{{\"id\":{id},\"name\":");
-            push_json_string(&mut json, name);
-            json.push('}');
-        }
-        json.push(']');
-    } else {
-        json.push_str("null");
-    }
-    let _ = write!(
-        json,
-        ",\"limits\":{{\"max_message_bytes\":{},\"max_message_rate\":{}}}}}",
-        limits.max_message_bytes, limits.max_message_rate
-    );
-    text_frame(&json)
 }
 
 /// What a rename sends: `notice` to every member of the room.
@@ -355,80 +370,14 @@ pub fn interpret(text: &str) -> Said<'_> {
     Said::Rename(display_name(Some(requested), 0))
 }
 
-/// A notice for one member only: `{"type":"notice","code":...,"text":...}`.
-pub fn notice_to_member(code: &str, text: &str) -> String {
-    let mut json = String::from("{\"type\":\"notice\",\"code\":");
-    push_json_string(&mut json, code);
-    json.push_str(",\"text\":");
-    push_json_string(&mut json, text);
-    json.push('}');
-    json
-}
-
-/// Flood control for one member: a token bucket that refills `rate` messages a
-/// second up to a burst of twice that. Sans-IO: the caller passes the time.
-#[derive(Debug, Clone, Copy)]
-pub struct Pace {
-    tokens: f32,
-    last: Instant,
-    /// Messages dropped since the last one that passed.
-    dropped: u32,
-}
-
-/// What flood control says of one more message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
-    Yes,
-    /// Dropped; the first drop of a run gets a notice to the sender.
-    DropWithNotice,
-    Drop,
-    /// Dropped past a whole `FLOOD_CLOSE_SECONDS` of excess: close with 1008.
-    Close,
-}
-
-/// A sender that keeps going this many seconds' worth of messages past its
-/// limit (at the allowed rate) is not a person who typed too fast: it is closed.
-pub const FLOOD_CLOSE_SECONDS: u32 = 20;
-
-impl Pace {
-    pub fn new(now: Instant, rate: u32) -> Self {
-        Pace {
-            tokens: (2 * rate) as f32,
-            last: now,
-            dropped: 0,
-        }
-    }
-
-    /// Whether one more message may pass at `now`, at `rate` messages a second
-    /// (0: always).
-    pub fn admit(&mut self, now: Instant, rate: u32) -> Admit {
-        if rate == 0 {
-            return Admit::Yes;
-        }
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * rate as f32).min((2 * rate) as f32);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            self.dropped = 0;
-            return Admit::Yes;
-        }
-        self.dropped += 1;
-        match self.dropped {
-            1 => Admit::DropWithNotice,
-            n if n >= FLOOD_CLOSE_SECONDS * rate => Admit::Close,
-            _ => Admit::Drop,
-        }
-    }
-}
-
 /// What a join sends: `welcome` and `history` to the newcomer, then `notice` to
 /// every member.
 #[derive(Debug)]
 pub struct Joined<'a> {
     pub welcome: SharedFrame,
     pub history: &'a VecDeque<SharedFrame>,
-    pub notice: SharedFrame,
+    /// `None` in a big room, where joins are announced together (`presence.rs`).
+    pub notice: Option<SharedFrame>,
     pub members: &'a [ConnectionKey],
 }
 
@@ -450,57 +399,6 @@ pub fn text_message(kind: MessageKind, payload: &[u8]) -> Result<&str, ProtocolE
         MessageKind::Text => std::str::from_utf8(payload).map_err(|_| refuse),
         MessageKind::Binary => Err(refuse),
     }
-}
-
-/// The frame for `text` said by `member` in `room`.
-pub fn message_frame(room: &str, member: &Member, text: &str, now_ms: u64) -> SharedFrame {
-    let mut json = String::with_capacity(text.len() + member.name.len() + 96);
-    let _ = write!(
-        json,
-        "{{\"type\":\"message\",\"id\":{},\"from\":",
-        member.id
-    );
-    push_json_string(&mut json, &member.name);
-    json.push_str(",\"text\":");
-    push_json_string(&mut json, text);
-    let _ = write!(json, ",\"ts\":{now_ms},\"room\":");
-    push_json_string(&mut json, room);
-    json.push('}');
-    text_frame(&json)
-}
-
-fn notice_frame(kind: &str, member: &Member, online: usize, now_ms: u64) -> SharedFrame {
-    let mut json = String::with_capacity(96 + member.name.len());
-    let _ = write!(json, "{{\"type\":\"{kind}\",\"id\":{},\"name\":", member.id);
-    push_json_string(&mut json, &member.name);
-    let _ = write!(json, ",\"online\":{online},\"ts\":{now_ms}}}");
-    text_frame(&json)
-}
-
-/// Encodes a text frame once, into a buffer shared by all its recipients.
-pub fn text_frame(text: &str) -> SharedFrame {
-    let mut out = Vec::with_capacity(text.len() + frame::MAX_HEADER_LEN);
-    frame::encode_frame(&mut out, OpCode::Text, text.as_bytes());
-    out.into()
-}
-
-/// Appends `s` as a JSON string literal (RFC 8259 §7).
-pub fn push_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]
@@ -527,7 +425,9 @@ mod tests {
                 self.push(member.key, old);
             }
             for &key in joined.members {
-                self.push(key, &joined.notice);
+                if let Some(notice) = &joined.notice {
+                    self.push(key, notice);
+                }
             }
         }
         fn publish(&mut self, chat: &mut Chat, room: &str, frame: SharedFrame) {
@@ -788,27 +688,41 @@ mod tests {
     }
 
     #[test]
-    fn flood_control_allows_a_burst_then_the_rate_then_closes_a_flood() {
-        let start = Instant::now();
-        let mut pace = Pace::new(start, 5);
-        let admitted: Vec<Admit> = (0..12).map(|_| pace.admit(start, 5)).collect();
-        assert!(admitted[..10].iter().all(|a| *a == Admit::Yes));
-        assert_eq!(admitted[10..], [Admit::DropWithNotice, Admit::Drop]);
-        // A second later, five more pass.
-        let later = start + std::time::Duration::from_secs(1);
-        let passed = (0..8)
-            .filter(|_| pace.admit(later, 5) == Admit::Yes)
-            .count();
-        assert_eq!(passed, 5);
-        // A sender that never stops is closed after 20 seconds' worth.
-        let mut closed = false;
-        for _ in 0..(FLOOD_CLOSE_SECONDS * 5) {
-            closed |= pace.admit(later, 5) == Admit::Close;
+    fn a_big_room_announces_joins_and_leaves_together_once_per_tick() {
+        let mut chat = Chat::new(LIMITS); // big past 3 members
+        let mut log = Log(Vec::new());
+        let r = room("big");
+        let people: Vec<Member> = (0..6).map(|i| member(i, i as u64 + 1, "m")).collect();
+        for person in &people {
+            log.join(&mut chat, &r, person, 0);
         }
-        assert!(closed);
-        // Rate 0: no limit.
-        let mut free = Pace::new(start, 0);
-        assert!((0..1000).all(|_| free.admit(start, 0) == Admit::Yes));
+        // The first three joins were announced one by one; the next three wait.
+        let joins = log
+            .0
+            .iter()
+            .filter(|(_, t)| t.contains(r#""type":"join""#))
+            .count();
+        assert_eq!(joins, 1 + 2 + 3);
+        log.leave(&mut chat, &r, &people[0], 0);
+        assert!(log.0.iter().all(|(_, t)| !t.contains("leave")));
+        let (notice, keys) = chat.next_presence(9).unwrap();
+        let text = payload(&notice);
+        assert_eq!(keys.len(), 5);
+        assert_eq!(
+            text,
+            r#"{"type":"presence","online":5,"joined":[{"id":4,"name":"m"},{"id":5,"name":"m"},{"id":6,"name":"m"}],"left":[{"id":1,"name":"m"}],"more_joined":0,"more_left":0,"ts":9}"#
+        );
+        assert!(chat.next_presence(10).is_none());
+        // Leaving a room that was big is announced together; once the room is
+        // back within the limit, a leave is announced at once again.
+        log.0.clear();
+        log.leave(&mut chat, &r, &people[1], 0);
+        log.leave(&mut chat, &r, &people[2], 0);
+        assert!(log.0.is_empty());
+        let (notice, _) = chat.next_presence(11).unwrap();
+        assert!(payload(&notice).contains(r#""online":3,"joined":[],"left":[{"id":2,"#));
+        log.leave(&mut chat, &r, &people[3], 0);
+        assert_eq!(log.0.iter().filter(|(_, t)| t.contains("leave")).count(), 2);
     }
 
     #[test]
