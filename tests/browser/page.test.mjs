@@ -320,14 +320,39 @@ test('member_list_shows_names_and_follows_join_and_leave', async (t, { big, smal
   await membersAre(ann, ['ann', 'bob']);
   await membersAre(bob, ['ann', 'bob']);
 
-  // A room over --member-list-limit (1 on the small server): the count and why there are no names.
+  // A room over --member-list-limit (1 on the small server): the count and
+  // why there are no names; joins and leaves come as presence notices.
   const dee = await t.user('dee');
   const eve = await t.user('eve');
   await enter(dee, small, 'crowd', 'dee');
   await enter(eve, small, 'crowd', 'eve');
-  // NEEDS-SERVER: welcome.members = null.
   await waitFor(eve, 'too many to list', () => /2 people: too many to list/.test(document.querySelector('#member-note').textContent));
   assert.equal(await eve.locator('#member-list li').count(), 0);
+  await notice(dee, 'eve joined');            // from a presence notice
+  await membersAre(dee, ['dee', 'eve']);      // every arrival was named, so dee's list holds
+  assert.ok(!(await notices(eve)).some((n) => n.includes('joined')), 'eve is not told of her own arrival');
+  await eve.context().close();
+  await notice(dee, 'eve left');
+  await membersAre(dee, ['dee']);
+  assert.equal(await dee.getAttribute('#online', 'data-count'), '1');
+});
+
+test('presence_notices_name_a_few_and_count_the_rest', async (t, { big }) => {
+  const ann = await t.user('ann');
+  await enter(ann, big, 'presence', 'ann');
+  const said = await ann.evaluate(() => {
+    const p = (...names) => names.map((name, i) => ({ id: 1000 + i, name }));
+    const frames = [
+      { type: 'presence', online: 3, joined: p('bob', 'cy'), left: [], more_joined: 0, more_left: 0, ts: 1 },
+      { type: 'presence', online: 30, joined: p('dan', 'eve', 'fay', 'gus'), left: p('bob'), more_joined: 23, more_left: 0, ts: 2 },
+      { type: 'presence', online: 5, joined: [], left: [], more_joined: 0, more_left: 25, ts: 3 },
+    ];
+    for (const f of frames) window.loopchat.handle(JSON.stringify(f));
+    return [...document.querySelectorAll('#log .notice')].slice(-3).map((e) => e.textContent);
+  });
+  assert.deepEqual(said, ['bob and cy joined', 'dan, eve, fay and 24 more joined; bob left', '25 people left']);
+  assert.equal(await ann.getAttribute('#online', 'data-count'), '5');
+  assert.match(await ann.textContent('#member-note'), /5 people: too many to list/, 'unnamed arrivals end the list');
 });
 
 test('links_are_http_and_https_only', async (t, { big }) => {
