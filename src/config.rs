@@ -122,7 +122,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(2),
             permessage_deflate: false,
             deflate_min_size: 256,
-            deflate_level: 1,
+            deflate_level: 2,
         }
     }
 }
@@ -186,7 +186,7 @@ OPTIONS:
     --permessage-deflate      compress messages for clients that offer it (RFC 7692)
                               [default: off]
     --deflate-min-size SIZE   messages shorter than this go out uncompressed [default: 256]
-    --deflate-level N         1 (fastest) to 9 (smallest) [default: 1]
+    --deflate-level N         1 (fastest) to 9 (smallest) [default: 2]
     -h, --help                print this help
     -V, --version             print the version
 

@@ -7,7 +7,8 @@
 //   LOOPCHAT_BIN       server binary (required); this script starts, kills and
 //                      restarts it itself to test reconnecting
 //   CHROMIUM           browser binary (default /usr/bin/chromium)
-//   UPDATE_SCREENSHOT  1 = also write tests/browser/screenshot.png (for the README)
+//   UPDATE_SCREENSHOT  1 = page.test.mjs writes tests/browser/screenshot.png (for the
+//                      README); add LOOPCHAT_SCREENSHOT_FROM=chat to take it from here
 //   BROWSER_OUT        where screenshots go (default <repo>/target/browser)
 //   HEADED             1 = show the browser window (needs a display)
 //   LOOPCHAT_ARGS      extra server arguments, split on spaces; e.g.
@@ -201,17 +202,17 @@ async function scenario(browser, port) {
   const pages = { alice, bob };
 
   try {
-    // alice opens the lobby, names herself and switches room with the room field.
+    // alice opens the lobby: the page asks her name before connecting, so the
+    // room hears of her once, under that name. Then she switches room.
     const res = await alice.goto(base + '/');
     assert.ok(res && res.ok(), `GET / returned ${res && res.status()}`);
+    await setName(alice, 'alice');
     await status(alice, 'online');
-    await notice(alice, 'Connected to #lobby');
-    ok('alice: page served at /, connected to the lobby');
+    await notice(alice, 'Connected to #lobby as alice');
+    ok('alice: page served at /, named herself, connected to the lobby');
     assert.equal(await extensions(alice), '', 'ws.extensions without --permessage-deflate');
     ok('without --permessage-deflate: ws.extensions is ""');
 
-    await setName(alice, 'alice');
-    await notice(alice, 'Connected to #lobby as alice');
     await alice.fill('#room', ROOM);
     await alice.press('#room', 'Enter');
     await notice(alice, `Connected to #${ROOM} as alice`);
@@ -271,7 +272,7 @@ async function scenario(browser, port) {
     mkdirSync(OUT, { recursive: true });
     await alice.screenshot({ path: path.join(OUT, 'chat.png') });
     await bob.screenshot({ path: path.join(OUT, 'phone.png') });
-    if (process.env.UPDATE_SCREENSHOT === '1') {
+    if (process.env.UPDATE_SCREENSHOT === '1' && process.env.LOOPCHAT_SCREENSHOT_FROM === 'chat') {
       copyFileSync(path.join(OUT, 'chat.png'), path.join(HERE, 'screenshot.png'));
       ok('updated tests/browser/screenshot.png');
     }
