@@ -612,12 +612,12 @@ mod tests {
     fn compressed_wire_bytes_get_deflates_overhead_over_the_limit() {
         // The limit is for the inflated message; an incompressible one at the
         // limit is a little larger on the wire, and must still arrive.
-        let at_limit = client_frame(true, 0x40 | 2, &[0; 1024 + 1 + 64]);
+        let at_limit = client_frame(true, 0x40 | 2, &[0; 1024 + 128 + 64]);
         assert!(matches!(
             run_compressed(&at_limit, 1024)[..],
             [Seen::Compressed(..)]
         ));
-        let over = client_frame(true, 0x40 | 2, &[0; 1024 + 1 + 65]);
+        let over = client_frame(true, 0x40 | 2, &[0; 1024 + 128 + 65]);
         assert_eq!(run_compressed(&over, 1024), [Seen::Error(1009)]);
     }
 
