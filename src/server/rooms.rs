@@ -10,6 +10,7 @@ use super::writes::{deliver, queue_frame, Outbox, Outgoing};
 use super::{unix_millis, Server};
 use crate::chat::{Chat, Member, SharedFrame};
 use crate::connection::{Connection, Endpoint, Phase};
+use crate::relay::Relay;
 use log::info;
 use slab::Slab;
 use std::rc::Rc;
@@ -18,12 +19,27 @@ impl Server {
     /// The chat, the connections and an outbox, borrowed apart, so that the
     /// chat's list of recipients can be walked while frames are queued.
     fn split_for_delivery(&mut self) -> (&mut Chat, &mut Slab<Connection>, Outbox<'_>) {
+        let (chat, connections, outbox, _, _) = self.split_for_fan_out();
+        (chat, connections, outbox)
+    }
+
+    /// [`Self::split_for_delivery`], with the relay rooms and the compressor.
+    fn split_for_fan_out(
+        &mut self,
+    ) -> (
+        &mut Chat,
+        &mut Slab<Connection>,
+        Outbox<'_>,
+        &mut Relay,
+        &mut Deflate,
+    ) {
         let outbox = Outbox {
             pending: &mut self.pending,
             metrics: &mut self.metrics,
             config: &self.config,
         };
-        (&mut self.chat, &mut self.connections, outbox)
+        let (chat, relay, deflate) = (&mut self.chat, &mut self.relay, &mut self.deflate);
+        (chat, &mut self.connections, outbox, relay, deflate)
     }
 
     /// Adds a member to its room: a welcome and the room's history to it, then a
@@ -46,20 +62,7 @@ impl Server {
     /// and keeps it in the room's history.
     pub(super) fn broadcast(&mut self, room: &str, frame: SharedFrame) {
         self.metrics.broadcasts += 1;
-        let Server {
-            chat,
-            connections,
-            pending,
-            metrics,
-            config,
-            deflate,
-            ..
-        } = self;
-        let mut outbox = Outbox {
-            pending,
-            metrics,
-            config,
-        };
+        let (chat, connections, mut outbox, _, deflate) = self.split_for_fan_out();
         let members = chat.publish(room, &frame);
         fan_out(connections, &mut outbox, deflate, members, &frame);
     }
@@ -67,20 +70,7 @@ impl Server {
     /// Passes a message on verbatim to every member of relay room `room`.
     pub(super) fn relay(&mut self, room: &str, frame: SharedFrame) {
         self.metrics.relays += 1;
-        let Server {
-            relay,
-            connections,
-            pending,
-            metrics,
-            config,
-            deflate,
-            ..
-        } = self;
-        let mut outbox = Outbox {
-            pending,
-            metrics,
-            config,
-        };
+        let (_, connections, mut outbox, relay, deflate) = self.split_for_fan_out();
         fan_out(
             connections,
             &mut outbox,
