@@ -1,7 +1,9 @@
 //! Reading: bytes off a ready socket into the shared read buffer, and on to the
 //! phase that takes them (HTTP requests, WebSocket frames, or nothing while
 //! draining). A bounded number of reads per wake-up, so one fast sender cannot
-//! starve the others; what is left is read on the next iteration.
+//! starve the others; what is left is read on the next iteration. A TLS socket
+//! reads decrypted plaintext the same way (`tls.rs`); reading it may also give
+//! the handshake records to send, so it is then put on the flush list.
 
 use super::Server;
 use crate::connection::{AfterFlush, Phase};
@@ -36,6 +38,10 @@ impl Server {
         // may borrow the rest of the server.
         let mut buffer = std::mem::take(&mut self.read_buffer);
         let mut budget_spent = true;
+        // A TLS read that returns less than the buffer may have stopped at a
+        // record's end (or the peer's close_notify), not at an empty socket.
+        let tls = self.connections.get(key).is_some_and(|c| c.socket.is_tls());
+        let until = if tls { ReadUntil::WouldBlock } else { until };
         for _ in 0..READS_PER_WAKE {
             let Some(conn) = self
                 .connections
@@ -72,6 +78,14 @@ impl Server {
             }
         }
         self.read_buffer = buffer;
+        // The TLS handshake answers (or an alert) wait in rustls: write them.
+        if self
+            .connections
+            .get(key)
+            .is_some_and(|c| c.socket.wants_write())
+        {
+            self.queue_flush(key);
+        }
         // Not drained: no new event will come for what is left, so the next
         // iteration reads again (after the others had their turn).
         if budget_spent {
