@@ -70,6 +70,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before the line below, so that whoever waits for it may signal at once.
+    if let Err(e) = server.handle_signals() {
+        log::warn!(
+            "signals will not be handled (no graceful SIGINT/SIGTERM, no SIGHUP reload): {e}"
+        );
+    }
     // On stdout and not in the log, so that it shows at every log level; a closed
     // stdout is no reason to stop.
     let _ = writeln!(
@@ -78,11 +84,6 @@ fn main() -> ExitCode {
         if server.is_tls() { "https" } else { "http" },
         server.local_addr()
     );
-    if let Err(e) = server.handle_signals() {
-        log::warn!(
-            "signals will not be handled (no graceful SIGINT/SIGTERM, no SIGHUP reload): {e}"
-        );
-    }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
