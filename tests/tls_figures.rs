@@ -134,7 +134,7 @@ fn spawn_idle_server(binary: Option<&str>, args: &[String]) -> (KillOnDrop, Sock
 #[ignore = "figures: `cargo test --release --test tls_figures -- --ignored --nocapture --test-threads 1`"]
 fn memory_per_idle_connection_over_tls_and_tcp() {
     let n = connections();
-    make_room_for(2 * n);
+    make_room_for(n);
     let cert = TestCert::new("figures-memory", "figures.test");
     let client = client_config(&[&cert.der], Versions::Both);
 
