@@ -162,8 +162,11 @@ impl Socket {
         }
     }
 
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
+    /// Whether a TLS peer's stream has ended though the last read returned
+    /// data: a short read then does not mean the socket is drained, as the end
+    /// is still to be read (always false for plain TCP).
+    pub fn read_ended(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.ended())
     }
 
     /// Whether TLS records wait for the socket (always false for plain TCP).

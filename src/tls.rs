@@ -211,6 +211,9 @@ impl TlsStream {
     pub fn wants_write(&self) -> bool {
         match *self {}
     }
+    pub fn ended(&self) -> bool {
+        match *self {}
+    }
     pub fn close_notify(&mut self) {
         match *self {}
     }

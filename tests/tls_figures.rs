@@ -7,7 +7,10 @@
 //!   not part of RSS);
 //! - TLS handshakes per second of server CPU: one client thread makes full
 //!   handshakes (no resumption) one after another for a bounded time, for TLS
-//!   1.3 and for 1.2; the server's CPU time is read from `/proc/PID/stat`.
+//!   1.3 and for 1.2; the server's CPU time is read from `/proc/PID/stat`;
+//! - echo and chat broadcast over wss against ws, per second of server CPU: 100
+//!   echo connections with one message each in flight (32 B and 16 KiB), and
+//!   one sender to 100 chat members (1 KiB), from one client thread.
 //!
 //! Ignored by default; run them with
 //! `cargo test --release --test tls_figures -- --ignored --nocapture --test-threads 1`.
@@ -196,6 +199,150 @@ fn tls_handshakes_per_second_of_server_cpu() {
             cpu.as_secs_f64(),
             done as f64 / cpu.as_secs_f64(),
             cpu.as_secs_f64() * 1e6 / done as f64
+        );
+    }
+}
+
+/// Reads one unmasked server frame from `stream`: its opcode and payload.
+fn read_frame(stream: &mut impl Read) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).expect("a frame header");
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut ext = [0u8; 2];
+            stream.read_exact(&mut ext).unwrap();
+            u16::from_be_bytes(ext) as usize
+        }
+        127 => {
+            let mut ext = [0u8; 8];
+            stream.read_exact(&mut ext).unwrap();
+            u64::from_be_bytes(ext) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).expect("a frame payload");
+    (head[0] & 0x0f, payload)
+}
+
+/// Upgrades `stream` on `path` by hand.
+fn upgrade_on(stream: &mut impl ReadWrite, path: &str) {
+    stream
+        .write_all(upgrade_request(path, "").as_bytes())
+        .expect("write the upgrade");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).expect("read the 101"), 1);
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+}
+
+/// Runs `work` against the server `pid` and returns messages per second of
+/// the server's CPU time; prints the figure.
+fn per_server_cpu_second(what: &str, pid: u32, messages: usize, work: impl FnOnce()) -> f64 {
+    let before = cpu_time(pid);
+    let started = Instant::now();
+    work();
+    let wall = started.elapsed();
+    let cpu = cpu_time(pid) - before;
+    let rate = messages as f64 / cpu.as_secs_f64();
+    println!(
+        "{what}: {messages} in {:.2} s wall, server CPU {:.2} s: {rate:.0} per server-CPU-second",
+        wall.as_secs_f64(),
+        cpu.as_secs_f64()
+    );
+    rate
+}
+
+/// Echo and broadcast over the connections `open` makes; returns the three
+/// rates (echo 32 B, echo 16 KiB, broadcast deliveries of 1 KiB).
+fn echo_and_broadcast<T: ReadWrite>(
+    what: &str,
+    pid: u32,
+    addr: SocketAddr,
+    mut open: impl FnMut(SocketAddr, &str) -> T,
+) -> [f64; 3] {
+    const CONNECTIONS: usize = 100;
+    let mut rates = [0.0; 3];
+    for (i, (size, rounds)) in [(32usize, 5_000usize), (16 * 1024, 1_000)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut conns: Vec<T> = (0..CONNECTIONS).map(|_| open(addr, "/echo")).collect();
+        let frame = client_frame(true, op::BINARY, &vec![b'e'; size]);
+        rates[i] = per_server_cpu_second(
+            &format!("{what} echo, {CONNECTIONS} conns, {size} B"),
+            pid,
+            CONNECTIONS * rounds,
+            || {
+                for _ in 0..rounds {
+                    for conn in conns.iter_mut() {
+                        conn.write_all(&frame).unwrap();
+                    }
+                    for conn in conns.iter_mut() {
+                        assert_eq!(read_frame(conn).1.len(), size);
+                    }
+                }
+            },
+        );
+    }
+    // Broadcast: every member gets every message; the sender is member 0.
+    let room = format!("/chat/figures{}", std::process::id());
+    let mut members: Vec<T> = (0..CONNECTIONS).map(|_| open(addr, &room)).collect();
+    // Skip the welcome, history and join notices: wait for a marker.
+    members[0]
+        .write_all(&client_frame(true, op::TEXT, b"ready"))
+        .unwrap();
+    for member in members.iter_mut() {
+        while !String::from_utf8_lossy(&read_frame(member).1).contains("\"text\":\"ready\"") {}
+    }
+    const MESSAGES: usize = 3_000;
+    let frame = client_frame(true, op::TEXT, &vec![b'b'; 1024]);
+    rates[2] = per_server_cpu_second(
+        &format!("{what} broadcast, 1 sender to {CONNECTIONS} members, 1 KiB"),
+        pid,
+        MESSAGES * CONNECTIONS,
+        || {
+            for _ in 0..MESSAGES {
+                members[0].write_all(&frame).unwrap();
+                for member in members.iter_mut() {
+                    assert_eq!(read_frame(member).0, op::TEXT);
+                }
+            }
+        },
+    );
+    rates
+}
+
+#[test]
+#[ignore = "figures: `cargo test --release --test tls_figures -- --ignored --nocapture --test-threads 1`"]
+fn echo_and_broadcast_per_second_of_server_cpu_over_tls_and_tcp() {
+    let cert = TestCert::new("figures-load", "figures.test");
+    let client = client_config(&[&cert.der], Versions::Both);
+    let (tls_server, addr) = spawn_idle_server(None, &cert.args());
+    let tls = echo_and_broadcast("wss", tls_server.pid(), addr, |addr, path| {
+        let mut socket = tls_connect(addr, &client);
+        upgrade_on(&mut socket, path);
+        socket
+    });
+    drop(tls_server);
+    let (plain_server, addr) = spawn_idle_server(None, &[]);
+    let plain = echo_and_broadcast("ws", plain_server.pid(), addr, |addr, path| {
+        let mut socket = TcpStream::connect(addr).expect("connect");
+        socket.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        socket.set_nodelay(true).unwrap();
+        upgrade_on(&mut socket, path);
+        socket
+    });
+    for (what, (t, p)) in ["echo 32 B", "echo 16 KiB", "broadcast 1 KiB"]
+        .iter()
+        .zip(tls.iter().zip(plain.iter()))
+    {
+        println!(
+            "{what}: wss does {:.2}x the work of ws per server-CPU-second",
+            t / p
         );
     }
 }

@@ -38,10 +38,6 @@ impl Server {
         // may borrow the rest of the server.
         let mut buffer = std::mem::take(&mut self.read_buffer);
         let mut budget_spent = true;
-        // A TLS read that returns less than the buffer may have stopped at a
-        // record's end (or the peer's close_notify), not at an empty socket.
-        let tls = self.connections.get(key).is_some_and(|c| c.socket.is_tls());
-        let until = if tls { ReadUntil::WouldBlock } else { until };
         for _ in 0..READS_PER_WAKE {
             let Some(conn) = self
                 .connections
@@ -60,7 +56,13 @@ impl Server {
                 Ok(n) => {
                     self.metrics.bytes_in += n as u64;
                     self.on_bytes(key, &mut buffer[..n]);
-                    if n < buffer.len() && until == ReadUntil::ShortRead {
+                    // (A short TLS read has drained the socket too, unless
+                    // the peer's close_notify came with it: read that next.)
+                    let ended = self
+                        .connections
+                        .get(key)
+                        .is_some_and(|c| c.socket.read_ended());
+                    if n < buffer.len() && until == ReadUntil::ShortRead && !ended {
                         budget_spent = false;
                         break;
                     }

@@ -2,12 +2,13 @@
 //! RFC 5246 for 1.2; RFC 6455 §11.1.2 and §4.1 for `wss`).
 //!
 //! The loop's phases do not change: a TLS connection's [`Socket`] reads and
-//! writes plaintext (`connection.rs`, `tls/stream.rs`), and three small hooks
-//! do the rest. Reading drains a TLS socket to `WouldBlock` and puts a
-//! connection whose handshake has records to send on the flush list
-//! (`reading.rs`); a flush writes the records rustls holds after the queue
-//! (`output.rs`); closing sends close_notify before TCP's half-close
-//! (`closing.rs`). This module makes each accepted socket a TLS one, and
+//! writes plaintext (`connection.rs`, `tls/stream.rs`: a TLS read is short only
+//! once the socket said `WouldBlock`, as a TCP read is), and three small hooks
+//! do the rest. Reading puts a connection whose handshake has records to send
+//! on the flush list, and reads on past a short read that the peer's
+//! close_notify came with (`reading.rs`); a flush writes the records rustls
+//! holds after the queue (`output.rs`); closing sends close_notify before
+//! TCP's half-close (`closing.rs`). This module makes each accepted socket a TLS one, and
 //! reloads the certificate on SIGHUP.
 //!
 //! The limits keep their meaning. `--handshake-timeout` runs from accept, so it

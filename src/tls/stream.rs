@@ -25,6 +25,8 @@ pub struct TlsStream {
     conn: ServerConnection,
     buffer_limit: usize,
     close_notify_sent: bool,
+    /// The peer's stream has ended (its close_notify, or TCP EOF).
+    ended: bool,
 }
 
 impl TlsStream {
@@ -38,6 +40,7 @@ impl TlsStream {
             conn,
             buffer_limit,
             close_notify_sent: false,
+            ended: false,
         })
     }
 
@@ -52,26 +55,50 @@ impl TlsStream {
     /// TCP EOF), `WouldBlock` when nothing is left to read now. A TLS error (a
     /// bad ClientHello, plain HTTP, a bad record) is `InvalidData`; the alert
     /// rustls queued for it is written first, as a last try.
+    ///
+    /// A read shorter than `buf` has emptied the socket (a read from it came
+    /// back short, or said `WouldBlock`), unless the stream has
+    /// [`ended`](TlsStream::ended): then the next read says so.
     pub fn read<S: Read + Write>(&mut self, socket: &mut S, buf: &mut [u8]) -> io::Result<usize> {
         let mut filled = 0;
+        // The last read from the socket was short: it is empty (the rule the
+        // loop follows for TCP too), and asking again would only say so.
+        let mut drained = false;
         loop {
             match self.conn.reader().read(&mut buf[filled..]) {
                 // buf is full: the rest waits in rustls for the next call.
                 Ok(n) if filled + n == buf.len() => return Ok(buf.len()),
                 // The peer's close_notify, after all its data.
-                Ok(0) => return Ok(filled),
+                Ok(0) => {
+                    self.ended = true;
+                    return Ok(filled);
+                }
                 Ok(n) => {
                     filled += n;
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // TCP EOF without close_notify: an end all the same (browsers do it).
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(filled),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.ended = true;
+                    return Ok(filled);
+                }
                 Err(e) => return Err(e),
             }
-            match self.conn.read_tls(socket) {
+            if drained {
+                return match filled {
+                    0 => Err(io::ErrorKind::WouldBlock.into()),
+                    n => Ok(n),
+                };
+            }
+            let mut probe = ShortReadProbe {
+                socket: &mut *socket,
+                short: false,
+            };
+            match self.conn.read_tls(&mut probe) {
                 // EOF: the reader says so on the next turn.
-                Ok(_) => {}
+                Ok(0) => {}
+                Ok(_) => drained = probe.short,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && filled > 0 => return Ok(filled),
                 Err(e) => return Err(e),
@@ -128,6 +155,11 @@ impl TlsStream {
         Ok(())
     }
 
+    /// Whether the peer has ended its stream: the next read returns `Ok(0)`.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
     /// Whether ciphertext is waiting for the socket.
     pub fn wants_write(&self) -> bool {
         self.conn.wants_write()
@@ -145,6 +177,21 @@ impl TlsStream {
     /// Whether the handshake is still under way.
     pub fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
+    }
+}
+
+/// The socket as rustls reads it, noting whether a read came back shorter than
+/// asked for.
+struct ShortReadProbe<'s, S> {
+    socket: &'s mut S,
+    short: bool,
+}
+
+impl<S: Read> Read for ShortReadProbe<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.socket.read(buf)?;
+        self.short = n < buf.len();
+        Ok(n)
     }
 }
 
@@ -369,6 +416,10 @@ mod tests {
         pair.client_turn();
         let (server, mut end) = pair.server();
         assert_eq!(server.read(&mut end, &mut buf).unwrap(), 3);
+        assert!(
+            server.ended(),
+            "a short read with the end behind it says so"
+        );
         assert_eq!(server.read(&mut end, &mut buf).unwrap(), 0);
 
         // TCP EOF without close_notify ends the stream too.
