@@ -62,6 +62,12 @@ pub struct Config {
     pub history_bytes: usize,
     /// `--idle-rooms`: rooms without members whose history is kept.
     pub idle_rooms: usize,
+    /// `--max-message-rate`: chat messages a member may send per second, with
+    /// bursts of twice that; past it they are dropped with a notice (0: no limit).
+    pub max_message_rate: u32,
+    /// `--member-list-limit`: rooms with more members send no member list in
+    /// the welcome (the page shows the count instead).
+    pub member_list_limit: usize,
     /// `--history-budget`: bytes of history kept over all rooms; past it the
     /// least recently active rooms' history goes first.
     pub history_budget: usize,
@@ -112,6 +118,8 @@ impl Default for Config {
             history: 50,
             history_bytes: 64 * 1024,
             idle_rooms: 64,
+            max_message_rate: 10,
+            member_list_limit: 100,
             history_budget: 32 << 20,
             max_connections_per_ip: None,
             allowed_origins: Vec::new(),
@@ -119,7 +127,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(2),
             permessage_deflate: false,
             deflate_min_size: 256,
-            deflate_level: 1,
+            deflate_level: 2,
             tls_cert: None,
             tls_key: None,
         }
@@ -166,6 +174,11 @@ OPTIONS:
     --history N               chat messages replayed to a newcomer [default: 50]
     --history-bytes SIZE      bytes of history kept per room [default: 64KiB]
     --idle-rooms N            rooms without members whose history is kept [default: 64]
+    --max-message-rate N      chat messages per second per member, bursts of twice
+                              that; more are dropped with a notice, and a sender
+                              that keeps on is closed with 1008 (0: no limit)
+                              [default: 10]
+    --member-list-limit N     rooms larger than this send no member list [default: 100]
     --history-budget SIZE     bytes of history kept over all rooms; the least
                               recently active rooms' go first [default: 32MiB]
     --max-connections-per-ip N
@@ -180,7 +193,7 @@ OPTIONS:
     --permessage-deflate      compress messages for clients that offer it (RFC 7692)
                               [default: off]
     --deflate-min-size SIZE   messages shorter than this go out uncompressed [default: 256]
-    --deflate-level N         1 (fastest) to 9 (smallest) [default: 1]
+    --deflate-level N         1 (fastest) to 9 (smallest) [default: 2]
     --tls-cert FILE           PEM certificate chain (leaf first, as certbot's
                               fullchain.pem): serve https:// and wss:// on --addr;
                               SIGHUP reloads it [default: plain http:// and ws://]
@@ -276,6 +289,16 @@ where
             }
             "--history-budget" => {
                 config.history_budget = size_or_zero(&value()?).map_err(with_flag)?
+            }
+            "--max-message-rate" => {
+                let v = value()?;
+                config.max_message_rate = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| with_flag(format!("{v:?} is not a whole number")))?;
+            }
+            "--member-list-limit" => {
+                config.member_list_limit = count(&value()?).map_err(with_flag)?
             }
             "--max-connections-per-ip" => {
                 config.max_connections_per_ip = Some(positive_count(&value()?).map_err(with_flag)?)

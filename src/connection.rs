@@ -14,7 +14,7 @@
 //! plaintext with the contract of `std::io::Read` and `Write`, so the phases
 //! above it (HTTP, WebSocket, draining) are the same over both.
 
-use crate::chat::Member;
+use crate::chat::{Member, Pace};
 use crate::deflate::Agreement;
 use crate::output::OutputQueue;
 use crate::session::Session;
@@ -48,7 +48,12 @@ pub enum Endpoint {
     /// `/echo`: every message comes back as it came.
     Echo,
     /// `/chat[/room]`: a member of a chat room.
-    Chat { room: Rc<str>, member: Member },
+    Chat {
+        room: Rc<str>,
+        member: Member,
+        /// Flood control (`--max-message-rate`).
+        pace: Pace,
+    },
     /// `/relay/room`: a member of a relay room (messages passed on verbatim).
     Relay { room: Rc<str> },
 }

@@ -123,6 +123,13 @@ pub(crate) fn accept_upgrade(
     subprotocols: &[String],
     extensions: Option<&str>,
 ) -> Result<Vec<u8>, HttpError> {
+    let key = check_upgrade(request)?;
+    check_origin(request, origins)?;
+    Ok(switching_protocols(request, key, subprotocols, extensions))
+}
+
+/// §4.2.1 items 1-6, in the RFC's order: returns the client's key.
+fn check_upgrade(request: &Request) -> Result<&str, HttpError> {
     // 1. An HTTP/1.1 or higher GET request.
     if request.method != "GET" {
         return Err(HttpError::new(
@@ -138,9 +145,9 @@ pub(crate) fn accept_upgrade(
     }
     // 2. A Host header field (or the authority of an absolute-form target,
     // which RFC 9112 §3.2.2 says takes its place).
-    let Some(host) = request.authority() else {
+    if request.authority().is_none() {
         return Err(HttpError::new(Status::BadRequest, "missing Host header"));
-    };
+    }
     // 3. An Upgrade header field whose value includes "websocket". A plain page
     // request to a WebSocket endpoint is told that it must upgrade.
     if request.header("Upgrade").is_none() {
@@ -192,13 +199,28 @@ pub(crate) fn accept_upgrade(
             "unsupported Sec-WebSocket-Version",
         ));
     }
-    // §10.2: refuse pages from other sites. Two Origin headers are no origin at all.
+    Ok(key)
+}
+
+/// §10.2: refuse pages from other sites. Two Origin headers are no origin at all.
+fn check_origin(request: &Request, origins: &OriginPolicy) -> Result<(), HttpError> {
+    let host = request.authority().unwrap_or_default();
     if request.headers_named("Origin").count() > 1 {
         return Err(HttpError::new(Status::BadRequest, "repeated Origin header"));
     }
     if !origins.allows(request.header("Origin"), host) {
         return Err(HttpError::new(Status::Forbidden, "Origin not allowed"));
     }
+    Ok(())
+}
+
+/// The `101 Switching Protocols` response (§4.2.2).
+fn switching_protocols(
+    request: &Request,
+    key: &str,
+    subprotocols: &[String],
+    extensions: Option<&str>,
+) -> Vec<u8> {
     // §4.2.2: the subprotocol, if one of the offer is ours; the header is sent
     // only then. The extensions agreed (RFC 7692) go in one header line.
     let offers = request.headers_named("Sec-WebSocket-Protocol");
@@ -218,7 +240,7 @@ pub(crate) fn accept_upgrade(
         response.push_str(&format!("Sec-WebSocket-Extensions: {extensions}\r\n"));
     }
     response.push_str("\r\n");
-    Ok(response.into_bytes())
+    response.into_bytes()
 }
 
 #[cfg(test)]

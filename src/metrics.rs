@@ -30,6 +30,14 @@ pub struct Metrics {
     pub broadcasts: u64,
     /// Messages relayed to a relay room.
     pub relays: u64,
+    /// Empty or whitespace-only chat messages, ignored.
+    pub blank_messages_ignored: u64,
+    /// Chat messages dropped by flood control (`--max-message-rate`).
+    pub messages_rate_limited: u64,
+    /// Members closed with 1008 for flooding on past the rate.
+    pub flood_closes: u64,
+    /// Chat members renamed (`/nick`).
+    pub renames: u64,
     /// Peers disconnected because their queued output passed `--max-output`.
     pub slow_readers_dropped: u64,
     pub handshake_timeouts: u64,
@@ -156,7 +164,7 @@ impl Metrics {
             )
             .collect();
 
-        let counters: [(&str, &str, u64); 20] = [
+        let counters: [(&str, &str, u64); 23] = [
             (
                 "connections_accepted_total",
                 "TCP connections accepted.",
@@ -202,6 +210,21 @@ impl Metrics {
                 "broadcasts_total",
                 "Chat messages broadcast to a room.",
                 self.broadcasts,
+            ),
+            (
+                "blank_messages_ignored_total",
+                "Empty or whitespace-only chat messages, ignored.",
+                self.blank_messages_ignored,
+            ),
+            (
+                "messages_rate_limited_total",
+                "Chat messages dropped by flood control (--max-message-rate).",
+                self.messages_rate_limited,
+            ),
+            (
+                "renames_total",
+                "Chat members renamed with /nick.",
+                self.renames,
             ),
             (
                 "relays_total",
@@ -282,6 +305,7 @@ impl Metrics {
             ("max_connections_per_ip", self.connections_refused_per_ip),
             ("input_budget", self.input_budget_closes),
             ("message_timeout", self.message_timeouts),
+            ("message_rate", self.flood_closes),
         ]
         .into_iter()
         .map(|(limit, n)| (limit.to_string(), n))

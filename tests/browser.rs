@@ -1,6 +1,9 @@
 //! Runs the chat page end to end in a real browser: `tests/browser/chat.test.mjs`
 //! drives Debian's chromium with playwright-core against the `loopchat` binary
-//! (which the script starts, kills and restarts itself).
+//! (which the script starts, kills and restarts itself). A second server, with
+//! `--permessage-deflate`, then shows the extension negotiated in the page
+//! (`ws.extensions`) and 2 KiB chat messages compressed both ways (`/metrics`);
+//! the first, without the flag, shows `ws.extensions` empty.
 //!
 //! Needs `/usr/bin/chromium` (or `CHROMIUM=...`), Node >= 20 with npm, and
 //! `tests/browser/node_modules`. When only `node_modules` is missing, the test
@@ -187,6 +190,58 @@ fn chat_page_in_chromium() {
             status.success(),
             "browser test failed ({status}); output above"
         ),
+    }
+}
+
+/// Bound on `page.test.mjs`, which starts two servers and runs its tests one
+/// after the other (about 40 s here).
+const PAGE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The page's features one by one (`tests/browser/page.test.mjs`): the name
+/// asked before connecting, renames, the member list, links, line breaks,
+/// dates, the new-messages cue, the unread title, the byte limit, the phone
+/// layout. The script starts its own servers with the flags it needs.
+#[test]
+fn page_features_in_chromium() {
+    run_browser_script("page_features_in_chromium", "page.test.mjs", PAGE_TIMEOUT);
+}
+
+/// Runs `tests/browser/<script>` with node against this build's server binary,
+/// skipping (or failing under `CI=true`) as `chat_page_in_chromium` does when a
+/// prerequisite is missing.
+fn run_browser_script(test: &str, script: &str, timeout: Duration) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("tests/browser");
+    let chromium =
+        PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
+
+    if let Some(reason) = missing_prerequisite(&dir, &chromium) {
+        skip::skip(
+            test,
+            &reason,
+            "run `bash tests/browser/setup.sh` to enable it",
+        );
+        return;
+    }
+
+    let mut child = Command::new("node")
+        .arg(dir.join(script))
+        .current_dir(&root)
+        .env("LOOPCHAT_BIN", env!("CARGO_BIN_EXE_loopchat"))
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("failed to start node");
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let status = wait_bounded(&mut child, timeout);
+    println!("{}", stdout.join().unwrap_or_default());
+    eprintln!("{}", stderr.join().unwrap_or_default());
+    match status {
+        None => panic!("{script} killed after {} s", timeout.as_secs()),
+        Some(status) => assert!(status.success(), "{script} failed ({status}); output above"),
     }
 }
 

@@ -5,13 +5,17 @@ mod common;
 use common::*;
 use std::net::SocketAddr;
 
-// ---- A strict little JSON reader for the server's flat objects -------------------
+// ---- A strict little JSON reader for the server's objects ----------------------------
 
-/// A value in a chat frame: the server sends strings and integers only.
+/// A value in a chat frame: strings, integers, null, and (in the welcome) a list
+/// of member objects and an object of limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Value {
     Str(String),
     Int(i64),
+    Null,
+    List(Vec<Value>),
+    Object(Vec<(String, Value)>),
 }
 
 /// A flat JSON object, fields in the order they were sent.
@@ -121,11 +125,7 @@ impl Parser<'_> {
             let key = self.string();
             self.eat(b':');
             self.ws();
-            let value = match self.s.get(self.i) {
-                Some(b'"') => Value::Str(self.string()),
-                Some(b'-' | b'0'..=b'9') => Value::Int(self.int()),
-                _ => self.fail("expected a string or an integer"),
-            };
+            let value = self.value();
             fields.push((key, value));
             self.ws();
             match self.s.get(self.i) {
@@ -136,6 +136,41 @@ impl Parser<'_> {
                 }
                 _ => self.fail("expected , or }"),
             }
+        }
+    }
+
+    fn value(&mut self) -> Value {
+        self.ws();
+        match self.s.get(self.i) {
+            Some(b'"') => Value::Str(self.string()),
+            Some(b'-' | b'0'..=b'9') => Value::Int(self.int()),
+            Some(b'{') => Value::Object(self.object()),
+            Some(b'[') => {
+                self.i += 1;
+                let mut items = Vec::new();
+                self.ws();
+                if self.s.get(self.i) == Some(&b']') {
+                    self.i += 1;
+                    return Value::List(items);
+                }
+                loop {
+                    items.push(self.value());
+                    self.ws();
+                    match self.s.get(self.i) {
+                        Some(b',') => self.i += 1,
+                        Some(b']') => {
+                            self.i += 1;
+                            return Value::List(items);
+                        }
+                        _ => self.fail("expected , or ]"),
+                    }
+                }
+            }
+            _ if self.text[self.i..].starts_with("null") => {
+                self.i += 4;
+                Value::Null
+            }
+            _ => self.fail("expected a value"),
         }
     }
 
@@ -250,9 +285,24 @@ fn join(addr: SocketAddr, path: &str) -> (Raw, Json, Vec<Json>) {
                 assert_eq!(json.int("online"), welcome.int("online"));
                 return (raw, welcome, history);
             }
+            // In a big room the newcomer's join comes in the next presence notice.
+            "presence" if lists(&json, "joined", welcome.int("id")) => {
+                return (raw, welcome, history);
+            }
+            "presence" => {}
             other => panic!("unexpected {other} before the join notice: {}", json.source),
         }
     }
+}
+
+/// Whether the `key` list of a presence notice names member `id`.
+fn lists(json: &Json, key: &str, id: i64) -> bool {
+    let Value::List(people) = json.get(key) else {
+        panic!("{key} is not a list in {}", json.source);
+    };
+    people.iter().any(|person| {
+        matches!(person, Value::Object(fields) if fields.contains(&("id".to_string(), Value::Int(id))))
+    })
 }
 
 /// Reads a join notice for `who` (a welcome) with `online` members.
@@ -284,7 +334,7 @@ fn frame_shapes_welcome_join_message_leave() {
     with_server(config(), |addr| {
         let (mut ann, ann_w, history) = join(addr, "/chat/shapes?name=ann");
         assert!(history.is_empty());
-        ann_w.assert_keys(&["type", "id", "name", "room", "online"]);
+        ann_w.assert_keys(&["type", "id", "name", "room", "online", "members", "limits"]);
         assert_eq!(ann_w.str("name"), "ann");
         assert_eq!(ann_w.str("room"), "shapes");
         assert_eq!(ann_w.int("online"), 1);
@@ -442,7 +492,6 @@ fn clients_cannot_forge_notices_or_authors() {
             "control \u{1} \u{1f} del \u{7f} and \u{2028}\u{2029}".to_string(),
             "unicode: café 日本 🎉 </script><script>alert(1)</script>".to_string(),
             "\\u0022 not an escape".to_string(),
-            String::new(),
         ];
         for text in &forgeries {
             bob.send_frame(true, op::TEXT, text.as_bytes());
@@ -464,6 +513,118 @@ fn clients_cannot_forge_notices_or_authors() {
         assert!(
             wire.contains(r#","text":"{\"type\":\"join\",\"id\":0,"#),
             "{wire}"
+        );
+    });
+}
+
+#[test]
+fn the_welcome_lists_the_members_and_the_limits() {
+    with_server(config_with(|c| c.member_list_limit = 2), |addr| {
+        let (_ann, ann_w, _) = join(addr, "/chat/list?name=ann");
+        let (_bob, bob_w, _) = join(addr, "/chat/list?name=bob");
+        let members = match bob_w.get("members") {
+            Value::List(members) => members.clone(),
+            other => panic!("members is {other:?} in {}", bob_w.source),
+        };
+        let member = |id: i64, name: &str| {
+            Value::Object(vec![
+                ("id".into(), Value::Int(id)),
+                ("name".into(), Value::Str(name.into())),
+            ])
+        };
+        let ann_id = ann_w.int("id");
+        let bob_id = bob_w.int("id");
+        assert_eq!(members, [member(ann_id, "ann"), member(bob_id, "bob")]);
+        let limits = match bob_w.get("limits") {
+            Value::Object(fields) => fields.clone(),
+            other => panic!("limits is {other:?}"),
+        };
+        let max_bytes = config().max_chat_message_size as i64;
+        assert_eq!(
+            limits,
+            [
+                ("max_message_bytes".to_string(), Value::Int(max_bytes)),
+                ("max_message_rate".to_string(), Value::Int(10)),
+            ]
+        );
+        // Past --member-list-limit the welcome lists nobody: the list is bounded.
+        let (_cy, cy_w, _) = join(addr, "/chat/list?name=cy");
+        assert_eq!(cy_w.get("members"), &Value::Null);
+        assert_eq!(cy_w.int("online"), 3);
+    });
+}
+
+#[test]
+fn a_rename_is_one_notice_to_the_room() {
+    with_server(config(), |addr| {
+        let (mut ann, ann_w, _) = join(addr, "/chat/nick?name=ann");
+        let (mut bob, bob_w, _) = join(addr, "/chat/nick?name=bob");
+        expect_join(&mut ann, &bob_w, 2);
+        ann.send_frame(true, op::TEXT, b"/nick annie");
+        for raw in [&mut ann, &mut bob] {
+            let rename = expect(raw, "rename");
+            rename.assert_keys(&["type", "id", "from", "name", "ts"]);
+            assert_eq!(rename.int("id"), ann_w.int("id"));
+            assert_eq!((rename.str("from"), rename.str("name")), ("ann", "annie"));
+        }
+        // Messages from now on carry the new name.
+        ann.send_frame(true, op::TEXT, b"hi");
+        let message = expect(&mut bob, "message");
+        assert_eq!(message.str("from"), "annie");
+        // A name with nothing visible is refused to the sender alone.
+        ann.send_frame(true, op::TEXT, b"/nick   ");
+        let mine = expect(&mut ann, "message"); // ann's own "hi" comes first
+        assert_eq!(mine.str("text"), "hi");
+        let notice = expect(&mut ann, "notice");
+        assert_eq!(notice.str("code"), "bad_name");
+        assert_eq!(metric(addr, "loopchat_renames_total"), 1);
+    });
+}
+
+#[test]
+fn blank_messages_are_ignored_and_counted() {
+    with_server(config(), |addr| {
+        let (mut ann, _, _) = join(addr, "/chat/blank?name=ann");
+        for blank in ["", " ", "\n", " \t \r\n"] {
+            ann.send_frame(true, op::TEXT, blank.as_bytes());
+        }
+        ann.send_frame(true, op::TEXT, b"visible");
+        // The first thing back is the visible message: no blank was broadcast.
+        assert_eq!(expect(&mut ann, "message").str("text"), "visible");
+        assert_eq!(metric(addr, "loopchat_blank_messages_ignored_total"), 4);
+    });
+}
+
+#[test]
+fn flood_control_drops_past_the_rate_with_one_notice_and_closes_a_flood() {
+    with_server(config_with(|c| c.max_message_rate = 2), |addr| {
+        let (mut ann, _, _) = join(addr, "/chat/flood?name=ann");
+        // A burst of twice the rate passes; the fifth message is dropped with a
+        // notice, the sixth silently.
+        for i in 0..6 {
+            ann.send_frame(true, op::TEXT, format!("m{i}").as_bytes());
+        }
+        for i in 0..4 {
+            assert_eq!(expect(&mut ann, "message").str("text"), format!("m{i}"));
+        }
+        let notice = expect(&mut ann, "notice");
+        assert_eq!(notice.str("code"), "rate_limited");
+        // A sender that keeps on (20 seconds' worth at the rate) is closed.
+        for _ in 0..60 {
+            ann.send_frame(true, op::TEXT, b"flood");
+        }
+        let (_, code) = ann.read_until_close();
+        assert_eq!(code, Some(1008));
+        // 39 dropped, and the 40th closed the connection (fewer if the clock
+        // refilled a token or two while the test ran).
+        let dropped = metric(addr, "loopchat_messages_rate_limited_total");
+        assert!((30..=39).contains(&dropped), "{dropped}");
+        assert_eq!(
+            metric(
+                addr,
+                "loopchat_limit_refusals_total{limit=\"message_rate\"}"
+            ),
+            1
         );
     });
 }
@@ -568,7 +729,8 @@ fn broadcasts_to_more_members_than_one_flush_slice_arrive_whole_and_in_order() {
     const MEMBERS: usize = 300;
     const SENDERS: usize = 3;
     const PER_SENDER: usize = 10;
-    with_server(config(), |addr| {
+    // Every join announced at once (not coalesced): this test is about the flush.
+    with_server(config_with(|c| c.member_list_limit = MEMBERS), |addr| {
         let mut members: Vec<(Raw, Json)> = (0..MEMBERS)
             .map(|i| {
                 let (raw, welcome, _) = join(addr, &format!("/chat/big?name=m{i}"));
@@ -600,5 +762,40 @@ fn broadcasts_to_more_members_than_one_flush_slice_arrive_whole_and_in_order() {
                 next_from[sender] += 1;
             }
         }
+    });
+}
+
+#[test]
+fn a_big_room_announces_joins_together_and_every_count_settles() {
+    // Past --member-list-limit members, joins and leaves are announced once per
+    // timer tick in one `presence` notice, so filling a room costs O(N).
+    with_server(config_with(|c| c.member_list_limit = 2), |addr| {
+        let (mut ann, _, _) = join(addr, "/chat/big?name=ann");
+        let (_bob, _, _) = join(addr, "/chat/big?name=bob");
+        expect(&mut ann, "join"); // bob's, announced at once: the room is small
+        let _late: Vec<Raw> = (0..4)
+            .map(|i| Raw::websocket(addr, &format!("/chat/big?name=late{i}")))
+            .collect();
+        // The four late joins arrive as presence notices (one or more ticks).
+        let mut joined = 0;
+        let mut online = 0;
+        while joined < 4 {
+            let presence = expect(&mut ann, "presence");
+            presence.assert_keys(&[
+                "type",
+                "online",
+                "joined",
+                "left",
+                "more_joined",
+                "more_left",
+                "ts",
+            ]);
+            match presence.get("joined") {
+                Value::List(people) => joined += people.len(),
+                other => panic!("joined is {other:?}"),
+            }
+            online = presence.int("online");
+        }
+        assert_eq!((joined, online), (4, 6));
     });
 }

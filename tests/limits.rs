@@ -389,6 +389,7 @@ fn a_chat_member_that_never_reads_is_dropped_and_the_others_get_every_message() 
     let config = config_with(|c| {
         c.max_output = MAX_OUTPUT;
         c.close_timeout = Duration::from_secs(1);
+        c.max_message_rate = 0; // a load, not a person: no flood control
     });
     with_server(config, |addr| {
         let mut slow = Raw::websocket(addr, "/chat/slow?name=slowpoke");
@@ -568,7 +569,7 @@ fn a_ping_flood_from_a_peer_that_never_reads_pongs_is_disconnected() {
 fn a_burst_from_one_sender_does_not_drop_members_that_keep_reading() {
     const SIZE: usize = 1024;
     const COUNT: usize = 2048;
-    with_server(config(), |addr| {
+    with_server(config_with(|c| c.max_message_rate = 0), |addr| {
         let reader_progress = Arc::new(Progress::default());
         let reader = spawn_chat_reader(
             Raw::websocket(addr, "/chat/burst?name=reader"),
@@ -1025,7 +1026,7 @@ fn members_failing_during_a_broadcast_do_not_disturb_the_others() {
     const DROP_AT: usize = 150;
     const SIZE: usize = 200;
     const WINDOW: usize = 32;
-    with_server(config(), |addr| {
+    with_server(config_with(|c| c.max_message_rate = 0), |addr| {
         let progress: Vec<Arc<Progress>> = (0..READERS).map(|_| Arc::default()).collect();
         let readers: Vec<JoinHandle<(Seen, Raw)>> = progress
             .iter()

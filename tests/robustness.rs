@@ -46,34 +46,40 @@ fn an_absolute_form_target_is_routed_by_its_path_and_checked_by_its_authority() 
 
 #[test]
 fn many_slow_readers_at_once_are_all_dropped_and_the_others_served() {
-    with_server(config_with(|c| c.max_output = 16 * 1024), |addr| {
-        // Forty members who never read, then one who reads and sends.
-        let _sleepers: Vec<Raw> = (0..40)
-            .map(|_| Raw::websocket(addr, "/chat/crowd"))
-            .collect();
-        let mut member = client(addr, "/chat/crowd");
-        let big = "z".repeat(60 * 1024);
-        for _ in 0..200 {
-            member
-                .send(tungstenite::Message::text(big.clone()))
-                .expect("the reader stays connected");
-            // It keeps up with every message (and the notices between them).
-            loop {
-                let message = member.read().expect("the reader stays connected");
-                if message
-                    .into_text()
-                    .unwrap()
-                    .contains("\"type\":\"message\"")
-                {
+    with_server(
+        config_with(|c| {
+            c.max_output = 16 * 1024;
+            c.max_message_rate = 0; // a load, not a person
+        }),
+        |addr| {
+            // Forty members who never read, then one who reads and sends.
+            let _sleepers: Vec<Raw> = (0..40)
+                .map(|_| Raw::websocket(addr, "/chat/crowd"))
+                .collect();
+            let mut member = client(addr, "/chat/crowd");
+            let big = "z".repeat(60 * 1024);
+            for _ in 0..200 {
+                member
+                    .send(tungstenite::Message::text(big.clone()))
+                    .expect("the reader stays connected");
+                // It keeps up with every message (and the notices between them).
+                loop {
+                    let message = member.read().expect("the reader stays connected");
+                    if message
+                        .into_text()
+                        .unwrap()
+                        .contains("\"type\":\"message\"")
+                    {
+                        break;
+                    }
+                }
+                if metric(addr, "loopchat_slow_readers_dropped_total") >= 40 {
                     break;
                 }
             }
-            if metric(addr, "loopchat_slow_readers_dropped_total") >= 40 {
-                break;
-            }
-        }
-        assert_eq!(metric(addr, "loopchat_slow_readers_dropped_total"), 40);
-    });
+            assert_eq!(metric(addr, "loopchat_slow_readers_dropped_total"), 40);
+        },
+    );
 }
 
 // ---- HTTP deadlines -----------------------------------------------------------------------
@@ -85,7 +91,9 @@ fn a_response_that_is_being_read_is_not_cut_off_by_the_request_deadline() {
     std::fs::write(dir.join("big.bin"), &body).unwrap();
     let config = config_with(|c| {
         c.static_dir = Some(dir.clone());
-        c.handshake_timeout = Duration::from_millis(200);
+        // Long enough that a busy machine does not starve a progressing
+        // reader, short enough that the slow read below outlasts it.
+        c.handshake_timeout = Duration::from_millis(500);
     });
     with_server(config, |addr| {
         let mut raw = Raw::connect(addr);
@@ -96,7 +104,7 @@ fn a_response_that_is_being_read_is_not_cut_off_by_the_request_deadline() {
         let mut received = raw.buffered().to_vec();
         let mut chunk = [0u8; 256 * 1024];
         while received.len() < body.len() {
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(40));
             match raw.stream.read(&mut chunk) {
                 Ok(0) => break,
                 Ok(n) => received.extend_from_slice(&chunk[..n]),

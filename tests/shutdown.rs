@@ -226,6 +226,8 @@ fn sample_value(flag: &str) -> Option<String> {
         "--max-connections-per-ip" => "100".into(),
         "--deflate-min-size" => "64".into(),
         "--deflate-level" => "6".into(),
+        "--max-message-rate" => "0".into(),
+        "--member-list-limit" => "50".into(),
         "--addr" => "127.0.0.1:0".into(),
         "--static-dir" => concat!(env!("CARGO_MANIFEST_DIR"), "/static").into(),
         "--log-level" => "warn".into(),

@@ -234,6 +234,7 @@ fn a_tls_member_that_never_reads_is_dropped_at_max_output() {
     let config = cert.config_with(|c| {
         c.max_output = 64 * 1024;
         c.close_timeout = Duration::from_secs(1);
+        c.max_message_rate = 0; // a load, not a person: no flood control
     });
     with_server(config, |addr| {
         let client = client_config(&[&cert.der], Versions::Both);

@@ -118,17 +118,21 @@ impl Deflate {
     }
 
     /// Whether `len` bytes are worth compressing for a peer with `agreement`:
-    /// it agreed, the message is not under the threshold, and it fits the
-    /// peer's window when that is smaller than 15 bits (a message no longer
-    /// than the window, compressed from a reset state, refers only inside it).
+    /// it agreed, and the message is not under the threshold.
     fn worth_it(&self, agreement: Option<Agreement>, len: usize) -> bool {
-        agreement.is_some_and(|a| {
-            len >= self.min_size && (a.server_window_bits >= 15 || len <= 1 << a.server_window_bits)
-        })
+        agreement.is_some() && len >= self.min_size
     }
 
-    /// The compressed payload of a reply to one peer, if worth it and smaller;
-    /// lent until the next call.
+    /// Whether the broadcast frame (compressed within a 15-bit window) may go to
+    /// a peer with `agreement`: its window is 15 bits, or the message is no
+    /// longer than its window, since a message compressed from a reset state
+    /// refers only inside itself.
+    fn shared_frame_fits(agreement: Agreement, len: usize) -> bool {
+        agreement.server_window_bits >= 15 || len <= 1 << agreement.server_window_bits
+    }
+
+    /// The compressed payload of a reply to one peer (within the peer's own
+    /// window), if worth it and smaller; lent until the next call.
     pub fn compress_reply(
         &mut self,
         agreement: Option<Agreement>,
@@ -163,7 +167,8 @@ impl Deflate {
         compressed: &'f mut Option<Option<SharedFrame>>,
     ) -> &'f SharedFrame {
         let payload = frame::server_payload(plain);
-        if !self.worth_it(agreement, payload.len()) {
+        let fits = agreement.is_some_and(|a| Self::shared_frame_fits(a, payload.len()));
+        if !fits || !self.worth_it(agreement, payload.len()) {
             return plain;
         }
         let made = compressed.get_or_insert_with(|| {

@@ -34,7 +34,7 @@ mod writes;
 
 pub use handle::{spawn, RunningServer, ServerHandle};
 
-use crate::chat::{Chat, HistoryLimits};
+use crate::chat::{Chat, ChatLimits};
 use crate::config::Config;
 use crate::connection::{Connection, Phase};
 use crate::handshake::OriginPolicy;
@@ -162,11 +162,14 @@ impl Server {
                 allowed: config.allowed_origins.clone(),
             },
             relay: Relay::default(),
-            chat: Chat::new(HistoryLimits {
+            chat: Chat::new(ChatLimits {
                 messages: config.history,
                 bytes: config.history_bytes,
                 idle_rooms: config.idle_rooms,
                 total_bytes: config.history_budget,
+                member_list: config.member_list_limit,
+                max_message_bytes: config.max_chat_message_size,
+                max_message_rate: config.max_message_rate,
             }),
             next_member_id: 1,
             inflate: compression::Inflate::default(),

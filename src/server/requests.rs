@@ -4,7 +4,7 @@
 //! that turns the connection into a WebSocket.
 
 use super::{compression, unix_millis, Server};
-use crate::chat::{self, Member};
+use crate::chat::{self, Member, Pace};
 use crate::connection::{AfterFlush, Endpoint, Phase, WebSocket};
 use crate::deflate::Agreement;
 use crate::handshake;
@@ -78,6 +78,7 @@ impl Server {
                 Endpoint::Chat {
                     room: room.into(),
                     member,
+                    pace: Pace::new(Instant::now(), self.config.max_message_rate),
                 }
             }
             Route::Relay { room } => Endpoint::Relay { room: room.into() },
@@ -220,7 +221,7 @@ impl Server {
                 info!("{peer} [{key}] upgraded: {}", request.target);
                 self.relay.join(room, key);
             }
-            Endpoint::Chat { room, member } => {
+            Endpoint::Chat { room, member, .. } => {
                 self.next_member_id += 1;
                 info!(
                     "{peer} [{key}] upgraded: {} as {:?} (id {}) in room {room:?}",

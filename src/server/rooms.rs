@@ -10,6 +10,7 @@ use super::writes::{deliver, queue_frame, Outbox, Outgoing};
 use super::{unix_millis, Server};
 use crate::chat::{Chat, Member, SharedFrame};
 use crate::connection::{Connection, Endpoint, Phase};
+use log::info;
 use slab::Slab;
 use std::rc::Rc;
 
@@ -34,8 +35,10 @@ impl Server {
         for old in joined.history {
             deliver(connections, &mut outbox, member.key, old);
         }
-        for &key in joined.members {
-            deliver(connections, &mut outbox, key, &joined.notice);
+        if let Some(notice) = &joined.notice {
+            for &key in joined.members {
+                deliver(connections, &mut outbox, key, notice);
+            }
         }
     }
 
@@ -87,6 +90,42 @@ impl Server {
         );
     }
 
+    /// Announces the joins and leaves of big rooms collected since the last
+    /// tick, one notice per room (`chat/presence.rs`).
+    pub(super) fn announce_presence(&mut self) {
+        let now_ms = unix_millis();
+        loop {
+            let (chat, connections, mut outbox) = self.split_for_delivery();
+            let Some((notice, members)) = chat.next_presence(now_ms) else {
+                return;
+            };
+            for &key in members {
+                deliver(connections, &mut outbox, key, &notice);
+            }
+        }
+    }
+
+    /// Renames chat member `key`: one rename notice to its room, and the new
+    /// name on its connection for the messages it sends from now on.
+    pub(super) fn rename_member(&mut self, key: usize, name: Rc<str>) {
+        let Some(ws) = self.connections.get_mut(key).and_then(|c| c.websocket()) else {
+            return;
+        };
+        let Endpoint::Chat { room, member, .. } = &mut ws.endpoint else {
+            return;
+        };
+        let (room, old) = (Rc::clone(room), member.clone());
+        member.name = Rc::clone(&name);
+        self.metrics.renames += 1;
+        info!("[{key}] {:?} is now {name:?} in room {room:?}", old.name);
+        let (chat, connections, mut outbox) = self.split_for_delivery();
+        if let Some(renamed) = chat.rename(&room, &old, &name, unix_millis()) {
+            for &key in renamed.members {
+                deliver(connections, &mut outbox, key, &renamed.notice);
+            }
+        }
+    }
+
     /// Takes a chat member out of its room, telling the others. Safe to call more
     /// than once: the chat knows who is still a member. During shutdown nobody
     /// needs to hear about the others leaving.
@@ -98,7 +137,7 @@ impl Server {
             return;
         };
         let (room, member) = match &ws.endpoint {
-            Endpoint::Chat { room, member } => (room, member),
+            Endpoint::Chat { room, member, .. } => (room, member),
             Endpoint::Relay { room } => {
                 let room = Rc::clone(room);
                 self.relay.leave(&room, key);

@@ -21,6 +21,7 @@ pub(super) fn tick_interval(config: &Config) -> Duration {
         config.ping_interval,
         config.handshake_timeout,
         config.close_timeout,
+        config.message_timeout,
     ]
     .into_iter()
     .min()
@@ -48,6 +49,7 @@ impl Server {
             );
             self.refused_unlogged = 0;
         }
+        self.announce_presence(); // rooms.rs
         let mut due = Vec::new();
         let ping_interval = self.config.ping_interval;
         for (key, conn) in self.connections.iter_mut() {

@@ -8,12 +8,17 @@ use super::limits::input_held_by;
 use super::writes::{close_slow_reader, push_close, push_flush, push_frame, Outbox, Outgoing};
 use super::{unix_millis, Server};
 use crate::chat::{self, SharedFrame};
+use crate::chat::{Admit, Said};
+use crate::config::Config;
 use crate::connection::{Connection, Endpoint, Phase};
 use crate::deflate::Agreement;
-use crate::message::{MessageKind, ProtocolError};
+use crate::frame::OpCode;
+use crate::message::{CloseCode, MessageKind, ProtocolError};
+use crate::metrics::Metrics;
 use crate::session::Action;
 use log::info;
 use std::rc::Rc;
+use std::time::Instant;
 
 /// What is left to do once the connection is let go: the actions that need
 /// the whole server, not only the connection.
@@ -26,6 +31,8 @@ enum Next {
     Broadcast(Rc<str>, SharedFrame),
     /// A message to pass on verbatim to a relay room.
     Relay(Rc<str>, SharedFrame),
+    /// A chat member's new name.
+    Rename(Rc<str>),
     /// The closing handshake is over, or the connection failed: leave the room and
     /// close TCP once our last bytes are out.
     Closed,
@@ -67,6 +74,7 @@ impl Server {
                 Next::SlowReader => close_slow_reader(conn, key, &mut outbox),
                 Next::Broadcast(room, frame) => self.broadcast(&room, frame), // rooms.rs
                 Next::Relay(room, frame) => self.relay(&room, frame),         // rooms.rs
+                Next::Rename(name) => self.rename_member(key, name),          // rooms.rs
                 Next::Closed => {
                     self.leave_room(key); // rooms.rs
                     return self.close_after_flush(key); // closing.rs
@@ -105,18 +113,17 @@ fn take_actions(
             Action::Absorbed => continue,
             Action::Message(kind, payload) => {
                 outbox.metrics.messages_in += 1;
-                on_message(&ws.endpoint, ws.deflate, kind, payload, codec.deflate)
+                let mut context = Context::new(codec.deflate, outbox);
+                on_message(&mut ws.endpoint, ws.deflate, kind, payload, &mut context)
             }
             Action::CompressedMessage(kind, compressed) => {
                 outbox.metrics.messages_in += 1;
                 outbox.metrics.compressed_messages_in += 1;
-                let limit = match ws.endpoint {
-                    Endpoint::Echo | Endpoint::Relay { .. } => outbox.config.max_message_size,
-                    Endpoint::Chat { .. } => outbox.config.max_chat_message_size,
-                };
+                let limit = max_message_size(&ws.endpoint, outbox.config);
                 match codec.inflate.inflate(kind, compressed, limit) {
                     Ok(payload) => {
-                        on_message(&ws.endpoint, ws.deflate, kind, payload, codec.deflate)
+                        let mut context = Context::new(codec.deflate, outbox);
+                        on_message(&mut ws.endpoint, ws.deflate, kind, payload, &mut context)
                     }
                     Err(error) => Taken::Refused(error),
                 }
@@ -129,29 +136,26 @@ fn take_actions(
             } => {
                 let code_text = code.map_or("no code".to_string(), |c| c.to_string());
                 info!("{} [{key}] sent close {code_text} {reason:?}", conn.peer);
-                outbox.metrics.close_frame_received(code);
-                if let Some(answer) = answer {
-                    push_close(conn, key, answer, "", outbox);
-                }
-                break Next::Closed;
+                break peer_closed(conn, key, code, answer, outbox);
             }
             Action::Fail { error, send_close } => break fail(conn, key, error, send_close, outbox),
         };
+        let notice;
         let reply = match taken {
             Taken::Reply(reply) => reply,
+            Taken::Notice(text) => {
+                notice = text;
+                Outgoing::Frame(OpCode::Text, notice.as_bytes())
+            }
+            Taken::Nothing => continue,
             Taken::Next(next) => break next,
             Taken::Refused(error) => {
                 let send_close = ws.session.fail();
                 break fail(conn, key, error, send_close, outbox);
             }
         };
-        if !push_frame(
-            &mut conn.socket,
-            &mut conn.output,
-            reply,
-            outbox.metrics,
-            outbox.config,
-        ) {
+        let (metrics, config) = (&mut *outbox.metrics, outbox.config);
+        if !push_frame(&mut conn.socket, &mut conn.output, reply, metrics, config) {
             break Next::SlowReader;
         }
         replied = true;
@@ -162,6 +166,48 @@ fn take_actions(
     next
 }
 
+/// What `on_message` needs besides the message: the compressor (for an echo
+/// reply) and the limits and counters.
+struct Context<'a, 'o> {
+    deflate: Option<&'a mut Deflate>,
+    config: &'o Config,
+    metrics: &'o mut Metrics,
+}
+
+impl<'a, 'o> Context<'a, 'o> {
+    fn new(deflate: &'a mut Deflate, outbox: &'o mut Outbox) -> Self {
+        Context {
+            deflate: Some(deflate),
+            config: outbox.config,
+            metrics: outbox.metrics,
+        }
+    }
+}
+
+/// The largest message `endpoint` takes.
+fn max_message_size(endpoint: &Endpoint, config: &Config) -> usize {
+    match endpoint {
+        Endpoint::Echo | Endpoint::Relay { .. } => config.max_message_size,
+        Endpoint::Chat { .. } => config.max_chat_message_size,
+    }
+}
+
+/// The peer's close frame: counted, and answered if the peer started the
+/// closing handshake (§5.5.1); TCP closes once our close is out.
+fn peer_closed(
+    conn: &mut Connection,
+    key: usize,
+    code: Option<CloseCode>,
+    answer: Option<CloseCode>,
+    outbox: &mut Outbox,
+) -> Next {
+    outbox.metrics.close_frame_received(code);
+    if let Some(answer) = answer {
+        push_close(conn, key, answer, "", outbox);
+    }
+    Next::Closed
+}
+
 /// What a message leads to.
 enum Taken<'a> {
     /// A frame back to this connection (the echo).
@@ -170,34 +216,87 @@ enum Taken<'a> {
     Next(Next),
     /// The endpoint refuses it: the connection fails with this error.
     Refused(ProtocolError),
+    /// A notice for this connection only (a JSON text frame).
+    Notice(String),
+    /// Nothing to send (a blank chat message, a dropped one).
+    Nothing,
 }
 
 /// A complete message for the endpoint: `/echo` sends it back as it came
-/// (compressed again if the peer agreed and it is worth it), the chat makes it a
-/// broadcast, or refuses it if it is not text (1003).
+/// (compressed again if the peer agreed and it is worth it), `/relay` passes it
+/// on to the room, and the chat reads it (`chat::interpret`): a message to
+/// broadcast, a `/nick` rename, or a blank to ignore, each past flood control.
 fn on_message<'a>(
-    endpoint: &Endpoint,
+    endpoint: &mut Endpoint,
     agreement: Option<Agreement>,
     kind: MessageKind,
     payload: &'a [u8],
-    deflate: &'a mut Deflate,
+    context: &mut Context<'a, '_>,
 ) -> Taken<'a> {
+    let Context {
+        deflate,
+        config,
+        metrics,
+    } = context;
     match endpoint {
-        Endpoint::Echo => Taken::Reply(match deflate.compress_reply(agreement, payload) {
-            Some(compressed) => Outgoing::Compressed(kind.opcode(), compressed),
-            None => Outgoing::Frame(kind.opcode(), payload),
-        }),
-        Endpoint::Chat { room, member } => match chat::text_message(kind, payload) {
-            Ok(text) => {
-                let frame = chat::message_frame(room, member, text, unix_millis());
-                Taken::Next(Next::Broadcast(Rc::clone(room), frame))
-            }
-            Err(error) => Taken::Refused(error),
-        },
+        Endpoint::Echo => {
+            // The compressor is lent to the reply, which borrows its output.
+            let compressed = deflate
+                .take()
+                .and_then(|d| d.compress_reply(agreement, payload));
+            Taken::Reply(match compressed {
+                Some(compressed) => Outgoing::Compressed(kind.opcode(), compressed),
+                None => Outgoing::Frame(kind.opcode(), payload),
+            })
+        }
         Endpoint::Relay { room } => {
             let mut frame = Vec::with_capacity(payload.len() + crate::frame::MAX_HEADER_LEN);
             crate::frame::encode_frame(&mut frame, kind.opcode(), payload);
             Taken::Next(Next::Relay(Rc::clone(room), frame.into()))
+        }
+        Endpoint::Chat { room, member, pace } => {
+            let text = match chat::text_message(kind, payload) {
+                Ok(text) => text,
+                Err(error) => return Taken::Refused(error),
+            };
+            let said = chat::interpret(text);
+            if said == Said::Blank {
+                metrics.blank_messages_ignored += 1;
+                return Taken::Nothing;
+            }
+            let rate = config.max_message_rate;
+            match pace.admit(Instant::now(), rate) {
+                Admit::Yes => {}
+                Admit::DropWithNotice => {
+                    metrics.messages_rate_limited += 1;
+                    let text = format!(
+                        "slow down: at most {rate} messages a second; this one was dropped"
+                    );
+                    return Taken::Notice(chat::notice_to_member("rate_limited", &text));
+                }
+                Admit::Drop => {
+                    metrics.messages_rate_limited += 1;
+                    return Taken::Nothing;
+                }
+                Admit::Close => {
+                    metrics.flood_closes += 1;
+                    return Taken::Refused(ProtocolError {
+                        code: CloseCode::POLICY_VIOLATION,
+                        reason: "flooding: far past the message rate",
+                    });
+                }
+            }
+            match said {
+                Said::Message(text) => {
+                    let frame = chat::message_frame(room, member, text, unix_millis());
+                    Taken::Next(Next::Broadcast(Rc::clone(room), frame))
+                }
+                Said::Rename(name) => Taken::Next(Next::Rename(name.into())),
+                Said::BadName | Said::Blank => Taken::Notice(chat::notice_to_member(
+                    "bad_name",
+                    "a name needs at least one visible character: /nick NAME",
+                )),
+            }
         }
     }
 }

@@ -7,7 +7,8 @@
 //   LOOPCHAT_BIN       server binary (required); this script starts, kills and
 //                      restarts it itself to test reconnecting
 //   CHROMIUM           browser binary (default /usr/bin/chromium)
-//   UPDATE_SCREENSHOT  1 = also write tests/browser/screenshot.png (for the README)
+//   UPDATE_SCREENSHOT  1 = page.test.mjs writes tests/browser/screenshot.png (for the
+//                      README); add LOOPCHAT_SCREENSHOT_FROM=chat to take it from here
 //   BROWSER_OUT        where screenshots go (default <repo>/target/browser)
 //   HEADED             1 = show the browser window (needs a display)
 //   LOOPCHAT_ARGS      extra server arguments, split on spaces; e.g.
@@ -15,6 +16,10 @@
 //   LOOPCHAT_TLS_CERT  with LOOPCHAT_TLS_KEY: PEM files for a second pass over
 //                      https (chromium with --ignore-certificate-errors for that
 //                      pass only), where two users chat over wss://
+//
+// After the main scenario (permessage-deflate off: ws.extensions is ""), a
+// second server is started with --permessage-deflate, where two users chat a
+// 2 KiB message that goes both ways compressed (ws.extensions and /metrics).
 
 import { spawn } from 'node:child_process';
 import { mkdirSync, copyFileSync } from 'node:fs';
@@ -152,6 +157,28 @@ async function setName(page, name) {
   await page.press('#name', 'Enter');
 }
 
+// The page's current WebSocket is its top-level `let ws` (a classic script), so
+// page.evaluate can read it by name.
+const extensions = (page) => page.evaluate(() => (ws ? ws.extensions : null));
+
+// One metric's value from the server's /metrics page (0 if absent).
+async function metric(base, name) {
+  const res = await fetch(base + '/metrics');
+  assert.equal(res.status, 200, 'GET /metrics');
+  const line = (await res.text()).split('\n').find((l) => l.startsWith(name + ' '));
+  return line ? Number(line.slice(name.length + 1)) : 0;
+}
+
+// English-like text of exactly `len` bytes (ASCII).
+function english(len) {
+  const words = ['the', 'server', 'reads', 'every', 'message', 'once', 'and', 'sends', 'it', 'to',
+    'each', 'member', 'of', 'the', 'room', 'who', 'is', 'still', 'there', 'when', 'a', 'new', 'frame',
+    'arrives', 'from', 'the', 'loop'];
+  let s = '';
+  for (let i = 0; s.length < len; i++) s += words[(i * 7 + Math.floor(i / 5)) % words.length] + (i % 11 === 10 ? '. ' : ' ');
+  return s.slice(0, len - 1) + '.';
+}
+
 function watch(page, who, sink) {
   page.on('dialog', (d) => { sink.dialogs.push(`${who}: ${d.type()} ${d.message()}`); d.dismiss().catch(() => {}); });
   page.on('pageerror', (e) => sink.errors.push(`${who}: ${e.message}`));
@@ -178,15 +205,17 @@ async function scenario(browser, port) {
   const pages = { alice, bob };
 
   try {
-    // alice opens the lobby, names herself and switches room with the room field.
+    // alice opens the lobby: the page asks her name before connecting, so the
+    // room hears of her once, under that name. Then she switches room.
     const res = await alice.goto(base + '/');
     assert.ok(res && res.ok(), `GET / returned ${res && res.status()}`);
-    await status(alice, 'online');
-    await notice(alice, 'Connected to #lobby');
-    ok('alice: page served at /, connected to the lobby');
-
     await setName(alice, 'alice');
+    await status(alice, 'online');
     await notice(alice, 'Connected to #lobby as alice');
+    ok('alice: page served at /, named herself, connected to the lobby');
+    assert.equal(await extensions(alice), '', 'ws.extensions without --permessage-deflate');
+    ok('without --permessage-deflate: ws.extensions is ""');
+
     await alice.fill('#room', ROOM);
     await alice.press('#room', 'Enter');
     await notice(alice, `Connected to #${ROOM} as alice`);
@@ -246,7 +275,7 @@ async function scenario(browser, port) {
     mkdirSync(OUT, { recursive: true });
     await alice.screenshot({ path: path.join(OUT, 'chat.png') });
     await bob.screenshot({ path: path.join(OUT, 'phone.png') });
-    if (process.env.UPDATE_SCREENSHOT === '1') {
+    if (process.env.UPDATE_SCREENSHOT === '1' && process.env.LOOPCHAT_SCREENSHOT_FROM === 'chat') {
       copyFileSync(path.join(OUT, 'chat.png'), path.join(HERE, 'screenshot.png'));
       ok('updated tests/browser/screenshot.png');
     }
@@ -312,6 +341,75 @@ async function scenario(browser, port) {
     if (seen.errors.length) console.error('page errors:\n  ' + seen.errors.join('\n  '));
     if (seen.console.length) console.error('console errors:\n  ' + seen.console.join('\n  '));
     throw err;
+  }
+}
+
+// A second server, with --permessage-deflate: chromium offers the extension,
+// gets it, and a 2 KiB message goes in and out compressed.
+async function deflateScenario(browser, port) {
+  const base = `http://127.0.0.1:${port}`;
+  const seen = { dialogs: [], errors: [], console: [] };
+  const room = 'squeeze';
+  const annCtx = await browser.newContext({ viewport: { width: 600, height: 500 } });
+  const benCtx = await browser.newContext({ viewport: { width: 600, height: 500 } });
+  await annCtx.addInitScript(() => localStorage.setItem('loopchat.name', 'ann'));
+  await benCtx.addInitScript(() => localStorage.setItem('loopchat.name', 'ben'));
+  const ann = await annCtx.newPage();
+  const ben = await benCtx.newPage();
+  watch(ann, 'ann', seen);
+  watch(ben, 'ben', seen);
+  const pages = { ann, ben };
+  try {
+    for (const [who, page] of Object.entries(pages)) {
+      await page.goto(`${base}/#${room}`);
+      await status(page, 'online');
+      await notice(page, `Connected to #${room} as ${who}`);
+      const agreed = await extensions(page);
+      assert.equal(agreed, 'permessage-deflate; server_no_context_takeover; client_no_context_takeover',
+        `${who}: ws.extensions`);
+    }
+    await onlineCount(ann, 2);
+    assert.equal(await metric(base, 'loopchat_deflate_connections'), 2);
+    ok('with --permessage-deflate: ws.extensions names permessage-deflate for both; 2 deflate connections');
+
+    const inBefore = await metric(base, 'loopchat_compressed_messages_in_total');
+    const outBefore = await metric(base, 'loopchat_compressed_frames_out_total');
+    const callsBefore = await metric(base, 'loopchat_compress_calls_total');
+    const long = english(2048);
+    await send(ann, long);
+    await message(ann, 'ann', long);
+    await message(ben, 'ann', long);
+    const reply = 'Got it: ' + english(2040);
+    await send(ben, reply);
+    await message(ann, 'ben', reply);
+    await message(ben, 'ben', reply);
+    const messagesIn = (await metric(base, 'loopchat_compressed_messages_in_total')) - inBefore;
+    const framesOut = (await metric(base, 'loopchat_compressed_frames_out_total')) - outBefore;
+    const calls = (await metric(base, 'loopchat_compress_calls_total')) - callsBefore;
+    log(`compressed messages in: ${messagesIn}, compressed frames out: ${framesOut}, compress calls: ${calls}`);
+    assert.ok(messagesIn > 0, 'chromium sent the 2 KiB messages compressed');
+    assert.equal(messagesIn, 2, 'both 2 KiB messages came in compressed');
+    assert.ok(framesOut > 0, 'the server sent compressed frames');
+    assert.equal(framesOut, 4, 'two broadcasts to two deflate members');
+    assert.equal(calls, 2, 'one compression per broadcast');
+    ok('a 2 KiB message each way: both see them; /metrics counts compressed messages in and frames out');
+
+    assert.deepEqual(seen.errors, [], 'uncaught page errors');
+    assert.deepEqual(seen.dialogs, [], 'a dialog fired');
+  } catch (err) {
+    mkdirSync(OUT, { recursive: true });
+    for (const [who, page] of Object.entries(pages)) {
+      const file = path.join(OUT, `failure-deflate-${who}.png`);
+      await page.screenshot({ path: file }).catch(() => {});
+      const text = await page.evaluate(() => document.querySelector('#log')?.innerText).catch(() => '?');
+      console.error(`--- ${who}'s log (screenshot: ${file}) ---\n${text}`);
+    }
+    if (seen.errors.length) console.error('page errors:\n  ' + seen.errors.join('\n  '));
+    if (seen.console.length) console.error('console errors:\n  ' + seen.console.join('\n  '));
+    throw err;
+  } finally {
+    await annCtx.close().catch(() => {});
+    await benCtx.close().catch(() => {});
   }
 }
 
@@ -401,6 +499,10 @@ async function main() {
   log(`chromium ${browser.version()}`);
   try {
     await scenario(browser, port);
+    await stopServer();
+    const deflatePort = await freePort();
+    await startServer(deflatePort, ['--permessage-deflate']);
+    await deflateScenario(browser, deflatePort);
   } finally {
     await browser.close().catch(() => {});
   }

@@ -787,3 +787,29 @@ pub fn run_binary(args: &[&str], timeout: Duration) -> (std::process::ExitStatus
         .unwrap_or_else(|| panic!("loopchat {args:?} did not exit"));
     (status, child.stdout_text(), child.stderr_text())
 }
+
+// ---- permessage-deflate helpers ----
+// Added for tests/deflate.rs: `Frame` drops the reserved bits, and RSV1 is what
+// says a server frame is compressed (RFC 7692 §6).
+
+impl Raw {
+    /// The next frame and whether RSV1 ("compressed") is set on it, or `None`
+    /// if the connection ended first. RSV2 and RSV3 must be clear.
+    pub fn read_frame_rsv1(&mut self) -> Option<(bool, Frame)> {
+        loop {
+            if let Some((frame, len)) = parse_server_frame(&self.buffered) {
+                let first = self.buffered[0];
+                assert_eq!(
+                    first & 0x30,
+                    0,
+                    "RSV2/RSV3 set on a server frame: {first:#04x}"
+                );
+                self.buffered.drain(..len);
+                return Some((first & 0x40 != 0, frame));
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+}

@@ -10,8 +10,16 @@
 //! `id` and `from`, so a client cannot pass its words off as a notice or as someone
 //! else's.
 
-use crate::frame::{self, OpCode};
+mod flood;
+mod frames;
+mod presence;
+
+pub use flood::{Admit, Pace};
+pub use frames::{message_frame, notice_to_member, push_json_string, text_frame};
+use frames::{notice_frame, welcome_frame};
+
 use crate::message::{CloseCode, MessageKind, ProtocolError};
+use presence::Presence;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write;
 use std::rc::Rc;
@@ -62,9 +70,10 @@ pub struct Member {
     pub name: Rc<str>,
 }
 
-/// The history limits of each room.
+/// The chat's bounds: history per room and over all rooms, and what the welcome
+/// tells a page about the server's limits.
 #[derive(Debug, Clone, Copy)]
-pub struct HistoryLimits {
+pub struct ChatLimits {
     /// Messages kept per room.
     pub messages: usize,
     /// Bytes of frames kept per room.
@@ -74,16 +83,30 @@ pub struct HistoryLimits {
     /// Bytes of history kept over all rooms: past it, the least recently active
     /// rooms give up their oldest messages first.
     pub total_bytes: usize,
+    /// Rooms with more members than this send no member list in the welcome:
+    /// the list a newcomer gets stays bounded however large the room.
+    pub member_list: usize,
+    /// The largest message, in bytes, and the message rate allowed per member
+    /// (0: no limit): told to pages in the welcome, so they can refuse an
+    /// over-long message before sending it.
+    pub max_message_bytes: usize,
+    pub max_message_rate: u32,
 }
 
 #[derive(Debug, Default)]
 struct Room {
+    /// Where each member's frames go, for fan-out: kept apart from `people` so
+    /// that a broadcast walks a compact list.
     members: Vec<ConnectionKey>,
+    /// Each member's id and name, at the same index as in `members`.
+    people: Vec<(u64, Rc<str>)>,
     /// The last messages, oldest first, as the frames that were broadcast.
     history: VecDeque<SharedFrame>,
     history_bytes: usize,
     /// When a message was last kept here, on the chat's activity clock (0: never).
     active_at: u64,
+    /// A big room's joins and leaves not yet announced (`presence.rs`).
+    presence: Presence,
 }
 
 /// Every room and its members.
@@ -93,17 +116,19 @@ pub struct Chat {
     /// Rooms without members, oldest first; past `idle_rooms` the oldest is
     /// forgotten. Memory is thus bounded by the members plus a constant.
     idle: VecDeque<Rc<str>>,
-    limits: HistoryLimits,
+    limits: ChatLimits,
     /// Bytes of history over all rooms.
     history_total: usize,
     /// Rooms that keep history, least recently active first, by `Room::active_at`.
     by_activity: BTreeMap<u64, Rc<str>>,
     /// The activity clock: one tick per message kept.
     clock: u64,
+    /// Big rooms with joins or leaves to announce at the next tick.
+    presence_due: Vec<Rc<str>>,
 }
 
 impl Chat {
-    pub fn new(limits: HistoryLimits) -> Self {
+    pub fn new(limits: ChatLimits) -> Self {
         Chat {
             rooms: HashMap::new(),
             idle: VecDeque::new(),
@@ -111,6 +136,7 @@ impl Chat {
             history_total: 0,
             by_activity: BTreeMap::new(),
             clock: 0,
+            presence_due: Vec::new(),
         }
     }
 
@@ -137,18 +163,23 @@ impl Chat {
         self.idle.retain(|r| r != room_name);
         let room = self.rooms.entry(Rc::clone(room_name)).or_default();
         room.members.push(member.key);
+        room.people.push((member.id, Rc::clone(&member.name)));
         let online = room.members.len();
-
-        let mut welcome = String::from("{\"type\":\"welcome\",\"id\":");
-        let _ = write!(welcome, "{},\"name\":", member.id);
-        push_json_string(&mut welcome, &member.name);
-        welcome.push_str(",\"room\":");
-        push_json_string(&mut welcome, room_name);
-        let _ = write!(welcome, ",\"online\":{online}}}");
+        let welcome = welcome_frame(room_name, room, member, &self.limits);
+        // While announcements are pending, later ones wait too, to keep their order.
+        let notice = if online > self.limits.member_list || !room.presence.is_empty() {
+            if room.presence.is_empty() {
+                self.presence_due.push(Rc::clone(room_name));
+            }
+            room.presence.joined(member.id, &member.name);
+            None
+        } else {
+            Some(notice_frame("join", member, online, now_ms))
+        };
         Joined {
-            welcome: text_frame(&welcome),
+            welcome,
             history: &room.history,
-            notice: notice_frame("join", member, online, now_ms),
+            notice,
             members: &room.members,
         }
     }
@@ -222,6 +253,47 @@ impl Chat {
         }
     }
 
+    /// The next big room's coalesced join/leave notice and who must get it; call
+    /// once per timer tick until `None`.
+    pub fn next_presence(&mut self, now_ms: u64) -> Option<(SharedFrame, &[ConnectionKey])> {
+        loop {
+            let name = self.presence_due.pop()?;
+            let Some(room) = self.rooms.get_mut(&name) else {
+                continue;
+            };
+            if room.presence.is_empty() || room.members.is_empty() {
+                room.presence = Presence::default();
+                continue;
+            }
+            let notice = room.presence.take_notice(room.members.len(), now_ms);
+            let room = self.rooms.get(&name)?;
+            return Some((notice, &room.members));
+        }
+    }
+
+    /// Renames member `key` of `room` to `name`; every member gets one rename
+    /// notice. `None` if it is not in the room.
+    pub fn rename(
+        &mut self,
+        room_name: &str,
+        member: &Member,
+        name: &Rc<str>,
+        now_ms: u64,
+    ) -> Option<Renamed<'_>> {
+        let room = self.rooms.get_mut(room_name)?;
+        let index = room.members.iter().position(|&k| k == member.key)?;
+        room.people[index].1 = Rc::clone(name);
+        let mut json = format!("{{\"type\":\"rename\",\"id\":{},\"from\":", member.id);
+        push_json_string(&mut json, &member.name);
+        json.push_str(",\"name\":");
+        push_json_string(&mut json, name);
+        let _ = write!(json, ",\"ts\":{now_ms}}}");
+        Some(Renamed {
+            notice: text_frame(&json),
+            members: &room.members,
+        })
+    }
+
     /// Removes `member` from `room`, if it is there; the members left get a leave
     /// notice. An emptied room keeps its history for whoever comes next, until
     /// more than `idle_rooms` rooms are empty.
@@ -229,6 +301,7 @@ impl Chat {
         let room = self.rooms.get_mut(room_name)?;
         let index = room.members.iter().position(|&k| k == member.key)?;
         room.members.swap_remove(index);
+        room.people.swap_remove(index);
         if room.members.is_empty() {
             self.idle.push_back(Rc::clone(room_name));
             if self.idle.len() > self.limits.idle_rooms {
@@ -236,6 +309,15 @@ impl Chat {
                     self.forget_room(&oldest);
                 }
             }
+            return None;
+        }
+        if room.members.len() >= self.limits.member_list || !room.presence.is_empty() {
+            // A big room (or one with announcements pending, whose order must
+            // hold): announced with the others at the next tick.
+            if room.presence.is_empty() {
+                self.presence_due.push(Rc::clone(room_name));
+            }
+            room.presence.left(member.id, &member.name);
             return None;
         }
         let room = self.rooms.get(room_name)?;
@@ -246,13 +328,56 @@ impl Chat {
     }
 }
 
+/// What a rename sends: `notice` to every member of the room.
+#[derive(Debug)]
+pub struct Renamed<'a> {
+    pub notice: SharedFrame,
+    pub members: &'a [ConnectionKey],
+}
+
+/// What a member's text asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Said<'a> {
+    /// A message for the room.
+    Message(&'a str),
+    /// `/nick NAME`: a new display name, already cleaned (`display_name`).
+    Rename(String),
+    /// `/nick` with nothing usable after it.
+    BadName,
+    /// Empty or whitespace only: ignored, never broadcast.
+    Blank,
+}
+
+/// Reads a member's text: a message, a `/nick NAME` command (as in IRC, so that
+/// any tool that sends plain text can rename too), or a blank to ignore.
+pub fn interpret(text: &str) -> Said<'_> {
+    if text.trim().is_empty() {
+        return Said::Blank;
+    }
+    let Some(rest) = text.strip_prefix("/nick") else {
+        return Said::Message(text);
+    };
+    if !rest.is_empty() && !rest.starts_with(char::is_whitespace) {
+        return Said::Message(text); // "/nickname" is a message
+    }
+    let requested = rest.trim();
+    if requested
+        .chars()
+        .all(|c| c.is_control() || c.is_whitespace())
+    {
+        return Said::BadName;
+    }
+    Said::Rename(display_name(Some(requested), 0))
+}
+
 /// What a join sends: `welcome` and `history` to the newcomer, then `notice` to
 /// every member.
 #[derive(Debug)]
 pub struct Joined<'a> {
     pub welcome: SharedFrame,
     pub history: &'a VecDeque<SharedFrame>,
-    pub notice: SharedFrame,
+    /// `None` in a big room, where joins are announced together (`presence.rs`).
+    pub notice: Option<SharedFrame>,
     pub members: &'a [ConnectionKey],
 }
 
@@ -274,57 +399,6 @@ pub fn text_message(kind: MessageKind, payload: &[u8]) -> Result<&str, ProtocolE
         MessageKind::Text => std::str::from_utf8(payload).map_err(|_| refuse),
         MessageKind::Binary => Err(refuse),
     }
-}
-
-/// The frame for `text` said by `member` in `room`.
-pub fn message_frame(room: &str, member: &Member, text: &str, now_ms: u64) -> SharedFrame {
-    let mut json = String::with_capacity(text.len() + member.name.len() + 96);
-    let _ = write!(
-        json,
-        "{{\"type\":\"message\",\"id\":{},\"from\":",
-        member.id
-    );
-    push_json_string(&mut json, &member.name);
-    json.push_str(",\"text\":");
-    push_json_string(&mut json, text);
-    let _ = write!(json, ",\"ts\":{now_ms},\"room\":");
-    push_json_string(&mut json, room);
-    json.push('}');
-    text_frame(&json)
-}
-
-fn notice_frame(kind: &str, member: &Member, online: usize, now_ms: u64) -> SharedFrame {
-    let mut json = String::with_capacity(96 + member.name.len());
-    let _ = write!(json, "{{\"type\":\"{kind}\",\"id\":{},\"name\":", member.id);
-    push_json_string(&mut json, &member.name);
-    let _ = write!(json, ",\"online\":{online},\"ts\":{now_ms}}}");
-    text_frame(&json)
-}
-
-/// Encodes a text frame once, into a buffer shared by all its recipients.
-pub fn text_frame(text: &str) -> SharedFrame {
-    let mut out = Vec::with_capacity(text.len() + frame::MAX_HEADER_LEN);
-    frame::encode_frame(&mut out, OpCode::Text, text.as_bytes());
-    out.into()
-}
-
-/// Appends `s` as a JSON string literal (RFC 8259 §7).
-pub fn push_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]
@@ -351,7 +425,9 @@ mod tests {
                 self.push(member.key, old);
             }
             for &key in joined.members {
-                self.push(key, &joined.notice);
+                if let Some(notice) = &joined.notice {
+                    self.push(key, notice);
+                }
             }
         }
         fn publish(&mut self, chat: &mut Chat, room: &str, frame: SharedFrame) {
@@ -375,11 +451,14 @@ mod tests {
         }
     }
 
-    const LIMITS: HistoryLimits = HistoryLimits {
+    const LIMITS: ChatLimits = ChatLimits {
         messages: 50,
         bytes: 64 * 1024,
         idle_rooms: 2,
         total_bytes: 1 << 20,
+        member_list: 3,
+        max_message_bytes: 1000,
+        max_message_rate: 10,
     };
 
     fn member(key: ConnectionKey, id: u64, name: &str) -> Member {
@@ -408,7 +487,7 @@ mod tests {
         assert_eq!(
             log.to(2),
             vec![
-                r#"{"type":"welcome","id":102,"name":"bob","room":"lobby","online":2}"#,
+                r#"{"type":"welcome","id":102,"name":"bob","room":"lobby","online":2,"members":[{"id":101,"name":"ann"},{"id":102,"name":"bob"}],"limits":{"max_message_bytes":1000,"max_message_rate":10}}"#,
                 r#"{"type":"join","id":102,"name":"bob","online":2,"ts":11}"#,
                 r#"{"type":"message","id":101,"from":"ann","text":"hi \"bob\"","ts":12,"room":"lobby"}"#,
             ]
@@ -435,7 +514,7 @@ mod tests {
 
     #[test]
     fn newcomers_get_bounded_history_after_the_welcome() {
-        let mut chat = Chat::new(HistoryLimits {
+        let mut chat = Chat::new(ChatLimits {
             messages: 2,
             ..LIMITS
         });
@@ -456,7 +535,7 @@ mod tests {
 
     #[test]
     fn history_is_bounded_in_bytes() {
-        let mut chat = Chat::new(HistoryLimits {
+        let mut chat = Chat::new(ChatLimits {
             bytes: 300,
             ..LIMITS
         });
@@ -504,7 +583,7 @@ mod tests {
     fn the_history_budget_gives_up_the_least_recently_active_rooms_first() {
         let ann = member(1, 1, "ann");
         let one = message_frame("r0", &ann, "x", 0).len();
-        let mut chat = Chat::new(HistoryLimits {
+        let mut chat = Chat::new(ChatLimits {
             total_bytes: 10 * one,
             ..LIMITS
         });
@@ -546,6 +625,104 @@ mod tests {
         }
         let frame_len = message_frame("a", &ann, "a", 0).len();
         assert_eq!(chat.history_bytes(), 2 * frame_len);
+    }
+
+    #[test]
+    fn the_welcome_lists_members_while_the_room_is_small_and_says_the_limits() {
+        let mut chat = Chat::new(LIMITS); // lists up to 3
+        let mut log = Log(Vec::new());
+        let r = room("r");
+        for (i, name) in ["ann", "bob", "cy", "dee"].into_iter().enumerate() {
+            log.join(&mut chat, &r, &member(i, i as u64 + 1, name), 0);
+        }
+        assert_eq!(
+            log.to(2)[0],
+            r#"{"type":"welcome","id":3,"name":"cy","room":"r","online":3,"members":[{"id":1,"name":"ann"},{"id":2,"name":"bob"},{"id":3,"name":"cy"}],"limits":{"max_message_bytes":1000,"max_message_rate":10}}"#
+        );
+        assert!(
+            log.to(3)[0].contains(r#""online":4,"members":null,"#),
+            "{}",
+            log.to(3)[0]
+        );
+    }
+
+    #[test]
+    fn a_rename_is_one_notice_and_the_list_follows_it() {
+        let mut chat = Chat::new(LIMITS);
+        let mut log = Log(Vec::new());
+        let r = room("r");
+        let ann = member(1, 1, "ann");
+        log.join(&mut chat, &r, &ann, 0);
+        log.join(&mut chat, &r, &member(2, 2, "bob"), 0);
+        log.0.clear();
+        let renamed = chat.rename("r", &ann, &"annie".into(), 5).unwrap();
+        let keys = renamed.members.to_vec();
+        let notice = payload(&renamed.notice);
+        assert_eq!(keys, [1, 2]);
+        assert_eq!(
+            notice,
+            r#"{"type":"rename","id":1,"from":"ann","name":"annie","ts":5}"#
+        );
+        log.join(&mut chat, &r, &member(3, 3, "cy"), 0);
+        assert!(
+            log.to(3)[0].contains(r#"{"id":1,"name":"annie"}"#),
+            "{}",
+            log.to(3)[0]
+        );
+    }
+
+    #[test]
+    fn text_is_a_message_a_rename_or_a_blank() {
+        assert_eq!(interpret("hello"), Said::Message("hello"));
+        assert_eq!(interpret("/nick annie"), Said::Rename("annie".into()));
+        assert_eq!(
+            interpret("/nick   ann  b \u{7}"),
+            Said::Rename("ann  b".into())
+        );
+        assert_eq!(interpret("/nickname"), Said::Message("/nickname"));
+        assert_eq!(interpret("/nick"), Said::BadName);
+        assert_eq!(interpret("/nick  \u{1}"), Said::BadName);
+        for blank in ["", " ", "\n", " \t\r\n "] {
+            assert_eq!(interpret(blank), Said::Blank, "{blank:?}");
+        }
+    }
+
+    #[test]
+    fn a_big_room_announces_joins_and_leaves_together_once_per_tick() {
+        let mut chat = Chat::new(LIMITS); // big past 3 members
+        let mut log = Log(Vec::new());
+        let r = room("big");
+        let people: Vec<Member> = (0..6).map(|i| member(i, i as u64 + 1, "m")).collect();
+        for person in &people {
+            log.join(&mut chat, &r, person, 0);
+        }
+        // The first three joins were announced one by one; the next three wait.
+        let joins = log
+            .0
+            .iter()
+            .filter(|(_, t)| t.contains(r#""type":"join""#))
+            .count();
+        assert_eq!(joins, 1 + 2 + 3);
+        log.leave(&mut chat, &r, &people[0], 0);
+        assert!(log.0.iter().all(|(_, t)| !t.contains("leave")));
+        let (notice, keys) = chat.next_presence(9).unwrap();
+        let text = payload(&notice);
+        assert_eq!(keys.len(), 5);
+        assert_eq!(
+            text,
+            r#"{"type":"presence","online":5,"joined":[{"id":4,"name":"m"},{"id":5,"name":"m"},{"id":6,"name":"m"}],"left":[{"id":1,"name":"m"}],"more_joined":0,"more_left":0,"ts":9}"#
+        );
+        assert!(chat.next_presence(10).is_none());
+        // Leaving a room that was big is announced together; once the room is
+        // back within the limit, a leave is announced at once again.
+        log.0.clear();
+        log.leave(&mut chat, &r, &people[1], 0);
+        log.leave(&mut chat, &r, &people[2], 0);
+        assert!(log.0.is_empty());
+        let (notice, _) = chat.next_presence(11).unwrap();
+        assert!(payload(&notice).contains(r#""online":3,"joined":[],"left":[{"id":2,"#));
+        log.leave(&mut chat, &r, &people[3], 0);
+        assert_eq!(log.0.iter().filter(|(_, t)| t.contains("leave")).count(), 2);
     }
 
     #[test]
