@@ -90,6 +90,11 @@ pub struct Config {
     pub deflate_min_size: usize,
     /// `--deflate-level`: 1 (fastest) to 9 (smallest).
     pub deflate_level: u32,
+    /// `--tls-cert`: PEM certificate chain, leaf first (certbot's `fullchain.pem`);
+    /// with `--tls-key`, serve https:// and wss:// on `--addr`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`: PEM private key of `--tls-cert` (certbot's `privkey.pem`).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -123,6 +128,8 @@ impl Default for Config {
             permessage_deflate: false,
             deflate_min_size: 256,
             deflate_level: 2,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -187,6 +194,10 @@ OPTIONS:
                               [default: off]
     --deflate-min-size SIZE   messages shorter than this go out uncompressed [default: 256]
     --deflate-level N         1 (fastest) to 9 (smallest) [default: 2]
+    --tls-cert FILE           PEM certificate chain (leaf first, as certbot's
+                              fullchain.pem): serve https:// and wss:// on --addr;
+                              SIGHUP reloads it [default: plain http:// and ws://]
+    --tls-key FILE            PEM private key of --tls-cert (certbot's privkey.pem)
     -h, --help                print this help
     -V, --version             print the version
 
@@ -337,6 +348,13 @@ where
                     _ => return Err(with_flag(format!("{v:?} is not a level from 1 to 9"))),
                 };
             }
+            "--tls-cert" | "--tls-key" if !cfg!(feature = "tls") => {
+                return Err(with_flag(
+                    "this loopchat was built without the `tls` feature".into(),
+                ))
+            }
+            "--tls-cert" => config.tls_cert = Some(PathBuf::from(value()?)),
+            "--tls-key" => config.tls_key = Some(PathBuf::from(value()?)),
             _ => return Err(format!("unknown option {arg:?}")),
         }
     }

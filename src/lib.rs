@@ -13,6 +13,7 @@
 //! | [`frame`] | RFC 6455 §5.2-5.3: frame headers and masking |
 //! | [`message`] | RFC 6455 §5.4-5.6, §7: fragments, UTF-8, control frames, close codes |
 //! | [`chat`] | rooms, members, notices, history |
+//! | [`tls`] | RFC 8446/5246 for `https`/`wss`: the certificate, each connection's TLS |
 //! | [`metrics`] | counters for `GET /metrics` |
 
 mod chat;
@@ -28,6 +29,7 @@ mod output;
 mod relay;
 mod server;
 mod session;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{spawn, RunningServer, Server, ServerHandle};

@@ -2,10 +2,12 @@
 //! logger, and the server's loop. Everything else is in the library.
 //!
 //! What it prints whatever the log level: the listening address on stdout once
-//! bound, and on stderr a bad argument (exit 2), or why it cannot listen or the
-//! loop failed (exit 1).
+//! bound, and on stderr a bad argument or TLS certificate and key that cannot
+//! be served (exit 2, before binding), or why it cannot listen or the loop
+//! failed (exit 1).
 
 use loopchat::config::{self, Command};
+use loopchat::tls::Identity;
 use loopchat::Server;
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -33,13 +35,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // --tls-cert and --tls-key: read and checked before anything else, so a bad
+    // file is a start-up error that names it.
+    let identity = match Identity::from_config(&config) {
+        Ok(identity) => identity,
+        Err(message) => {
+            eprintln!("loopchat: {message}");
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = simple_logger::SimpleLogger::new()
         .with_level(config.log_level)
         .init()
     {
         eprintln!("loopchat: cannot start logging: {e}");
     }
-    let mut server = match Server::bind(config.clone()) {
+    let mut server = match Server::bind_with(config.clone(), identity) {
         Ok(server) => server,
         Err(e) => {
             let hint = match e.kind() {
@@ -59,16 +70,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before the line below, so that whoever waits for it may signal at once.
+    if let Err(e) = server.handle_signals() {
+        log::warn!(
+            "signals will not be handled (no graceful SIGINT/SIGTERM, no SIGHUP reload): {e}"
+        );
+    }
     // On stdout and not in the log, so that it shows at every log level; a closed
     // stdout is no reason to stop.
     let _ = writeln!(
         io::stdout(),
-        "loopchat listening on http://{}/",
+        "loopchat listening on {}://{}/",
+        if server.is_tls() { "https" } else { "http" },
         server.local_addr()
     );
-    if let Err(e) = server.handle_signals() {
-        log::warn!("SIGINT/SIGTERM will not shut down gracefully: {e}");
-    }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -134,8 +134,9 @@ impl OutputQueue {
         }
     }
 
-    /// Writes as much as the socket takes, many segments per call. Returns the
-    /// bytes written and how it ended.
+    /// Writes as much as the socket takes, many segments per call, then flushes
+    /// the socket (a TLS socket's own records). Returns the bytes written and how
+    /// it ended.
     pub fn flush(&mut self, socket: &mut impl Write) -> io::Result<(usize, Flushed)> {
         let mut written_total = 0;
         while let Some(front) = self.segments.front() {
@@ -172,7 +173,18 @@ impl OutputQueue {
             written_total += written;
             self.advance(written);
         }
-        Ok((written_total, Flushed::All))
+        // What the socket itself still holds for the peer (TLS records) goes
+        // out too, or the flush waits for the socket like any other write.
+        loop {
+            return match socket.flush() {
+                Ok(()) => Ok((written_total, Flushed::All)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    Ok((written_total, Flushed::WouldBlock))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+        }
     }
 
     /// What one flush call may write: the unwritten bytes of the first

@@ -159,7 +159,11 @@ fn chat_page_in_chromium() {
         return;
     }
 
-    let mut child = Command::new("node")
+    let mut command = Command::new("node");
+    // A second pass over https and wss, with a certificate made here (rcgen).
+    #[cfg(feature = "tls")]
+    let _tls_files = tls_pass_certificate(&mut command);
+    let mut child = command
         .arg(dir.join("chat.test.mjs"))
         .current_dir(&root)
         .env("LOOPCHAT_BIN", env!("CARGO_BIN_EXE_loopchat"))
@@ -238,5 +242,33 @@ fn run_browser_script(test: &str, script: &str, timeout: Duration) {
     match status {
         None => panic!("{script} killed after {} s", timeout.as_secs()),
         Some(status) => assert!(status.success(), "{script} failed ({status}); output above"),
+    }
+}
+
+/// Writes a self-signed certificate for 127.0.0.1 to a temp dir and tells the
+/// script where (`LOOPCHAT_TLS_CERT`, `LOOPCHAT_TLS_KEY`), so that it runs its
+/// https pass. The dir goes when the returned guard is dropped.
+#[cfg(feature = "tls")]
+fn tls_pass_certificate(command: &mut Command) -> TempDir {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("rcgen");
+    let dir = std::env::temp_dir().join(format!("loopchat-browser-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    command
+        .env("LOOPCHAT_TLS_CERT", &cert)
+        .env("LOOPCHAT_TLS_KEY", &key);
+    TempDir(dir)
+}
+
+/// A directory removed on drop.
+#[cfg(feature = "tls")]
+struct TempDir(PathBuf);
+
+#[cfg(feature = "tls")]
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

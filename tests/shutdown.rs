@@ -245,6 +245,9 @@ fn sample_value(flag: &str) -> Option<String> {
         "--allowed-origin" => "https://chat.example".into(),
         "--subprotocol" => "chat".into(),
         "--shutdown-timeout" => "0.5".into(),
+        // Only --help follows: the files are read after the whole line is parsed.
+        "--tls-cert" => "fullchain.pem".into(),
+        "--tls-key" => "privkey.pem".into(),
         other => panic!("no sample value for {other}: add one to this test"),
     };
     Some(value)

@@ -1,6 +1,8 @@
 //! Accepting: new TCP connections off the listener, a bounded number per wake-up,
 //! refused with `503 Service Unavailable` past the connection limit, and a pause
-//! instead of a spin when `accept` itself fails (EMFILE and the like).
+//! instead of a spin when `accept` itself fails (EMFILE and the like). With TLS,
+//! each admitted socket starts its handshake (`tls.rs`), and a refused one is
+//! closed without a 503, which would first cost a handshake.
 
 use super::Server;
 use crate::config::Config;
@@ -76,10 +78,20 @@ impl Server {
                 "too many connections from this address (--max-connections-per-ip)"
             };
             self.refused_unlogged += 1;
-            metrics::count(&mut self.metrics.http_errors, 503);
-            self.metrics.bytes_out += refuse(&mut socket, why) as u64;
+            if !self.is_tls() {
+                metrics::count(&mut self.metrics.http_errors, 503);
+                self.metrics.bytes_out += refuse(&mut socket, why) as u64;
+            }
             return;
         }
+        let mut socket = match self.wrap_socket(socket) {
+            Ok(socket) => socket, // tls.rs
+            Err(e) => {
+                warn!("{peer}: cannot start TLS: {e}");
+                self.release_address(peer.ip());
+                return;
+            }
+        };
         let _ = socket.set_nodelay(true);
         let entry = self.connections.vacant_entry();
         let key = entry.key();

@@ -2,14 +2,16 @@
 //! frame is queued (`writes.rs`); TCP is shut once our last bytes are out and the
 //! peer's FIN awaited (RFC 6455 §7.1.1: the server closes first, so a reset never
 //! destroys our last frame); the connection is marked and freed at the end of
-//! the iteration. Also the loop's own end: signals, graceful shutdown (1001 to
-//! every peer), and when it is complete.
+//! the iteration. Over TLS, close_notify (RFC 8446 §6.1) goes out just before
+//! TCP's half-close. Also the loop's own end: signals, graceful shutdown (1001
+//! to every peer), and when it is complete.
 
 use super::writes::start_close;
 use super::Server;
 use crate::connection::{AfterFlush, Phase};
 use crate::message::CloseCode;
 use log::{debug, info};
+use std::io;
 use std::net::Shutdown;
 use std::time::Instant;
 
@@ -45,6 +47,16 @@ impl Server {
         }
         if conn.peer_closed {
             return self.drop_connection(key, "closed");
+        }
+        // TLS: close_notify first (RFC 8446 §6.1), so the peer can tell our end
+        // from a truncation. A full socket brings us back here once writable.
+        match conn.socket.close_notify() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.queue_flush(key),
+            Err(e) => {
+                debug!("{} [{key}] close_notify: {e}", conn.peer);
+                return self.drop_connection(key, "closed");
+            }
         }
         if let Err(e) = conn.socket.shutdown(Shutdown::Write) {
             debug!("{} [{key}] shutdown: {e}", conn.peer);
@@ -89,19 +101,20 @@ impl Server {
 
     // ---- Shutdown ---------------------------------------------------------------
 
-    /// SIGINT or SIGTERM arrived: shut down gracefully.
+    /// SIGINT or SIGTERM arrived: shut down gracefully. SIGHUP (handled only
+    /// with TLS): reload the certificate (`tls.rs`).
     pub(super) fn read_signals(&mut self) {
+        use signal_hook::consts::{SIGHUP, SIGINT};
         let received: Vec<i32> = match &mut self.signals {
             Some(signals) => signals.pending().collect(),
             None => return,
         };
-        if let Some(signal) = received.first() {
-            let name = if *signal == signal_hook::consts::SIGINT {
-                "SIGINT"
-            } else {
-                "SIGTERM"
-            };
-            self.begin_shutdown(name);
+        for signal in received {
+            match signal {
+                SIGHUP => self.reload_tls(), // tls.rs
+                SIGINT => self.begin_shutdown("SIGINT"),
+                _ => self.begin_shutdown("SIGTERM"),
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! Controlling a server from outside its loop: a handle that stops it from
-//! another thread, SIGINT/SIGTERM as a poll source, and a server run on its own
-//! thread (for tests, benchmarks and embedding).
+//! another thread, SIGINT/SIGTERM (and SIGHUP, which reloads a TLS certificate)
+//! as a poll source, and a server run on its own thread (for tests, benchmarks
+//! and embedding).
 
 use super::{Server, SIGNALS};
 use log::error;
@@ -38,11 +39,16 @@ impl Server {
         }
     }
 
-    /// Makes SIGINT and SIGTERM start a graceful shutdown. For the binary; tests
-    /// use [`ServerHandle::stop`].
+    /// Makes SIGINT and SIGTERM start a graceful shutdown, and with TLS, SIGHUP
+    /// reload the certificate (without TLS, SIGHUP keeps its default action).
+    /// For the binary; tests use [`ServerHandle::stop`].
     pub fn handle_signals(&mut self) -> io::Result<()> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut wanted = vec![SIGINT, SIGTERM];
+        if self.is_tls() {
+            wanted.push(SIGHUP);
+        }
+        let mut signals = signal_hook_mio::v1_0::Signals::new(wanted)?;
         self.poll
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;

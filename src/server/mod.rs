@@ -16,6 +16,8 @@
 //! The protocol work lives elsewhere, sans-IO: `http` and `handshake` (RFC 6455
 //! §4), `session`, `message` and `frame` (§5, §7), `chat` (rooms). This module
 //! moves bytes between them and the sockets, and enforces the limits of `Config`.
+//! With `--tls-cert`, every socket is TLS (`tls.rs`: RFC 8446, RFC 5246, `wss://`
+//! of RFC 6455 §11.1.2); the steps above are the same, on plaintext.
 
 mod accept;
 mod closing;
@@ -26,6 +28,7 @@ mod reading;
 mod requests;
 mod rooms;
 mod timers;
+mod tls;
 mod websocket;
 mod writes;
 
@@ -38,6 +41,7 @@ use crate::handshake::OriginPolicy;
 use crate::http::StaticFiles;
 use crate::metrics::{Gauges, Metrics};
 use crate::relay::Relay;
+use crate::tls::Identity;
 use log::info;
 use mio::net::TcpListener;
 use mio::{event::Event, Events, Interest, Poll, Token, Waker};
@@ -80,6 +84,8 @@ pub struct Server {
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
+    /// The certificate new connections get, when the server speaks TLS.
+    tls: Option<tls::Tls>,
     config: Config,
     max_connections: usize,
     static_files: StaticFiles,
@@ -114,8 +120,17 @@ pub struct Server {
 impl Server {
     /// Binds the listener and prepares the loop. Raises the open-files soft limit
     /// to the hard limit, and derives the connection limit from it unless
-    /// `config.max_connections` is set.
+    /// `config.max_connections` is set. With `--tls-cert`, loads the certificate
+    /// and key first (a problem with them is `InvalidInput`).
     pub fn bind(config: Config) -> io::Result<Server> {
+        let identity = Identity::from_config(&config)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        Server::bind_with(config, identity)
+    }
+
+    /// [`Server::bind`] with the certificate already loaded (by `main`, which
+    /// checks it before anything else), or `None` for plain TCP.
+    pub fn bind_with(config: Config, identity: Option<Identity>) -> io::Result<Server> {
         let fd_limit = accept::raise_fd_limit();
         let max_connections = accept::connection_limit(&config, fd_limit);
         let poll = Poll::new()?;
@@ -125,8 +140,10 @@ impl Server {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let tick = timers::tick_interval(&config);
+        let tls = tls::Tls::new(&config, identity);
         info!(
-            "listening on http://{local_addr} (open-files limit {}, up to {max_connections} connections)",
+            "listening on {}://{local_addr} (open-files limit {}, up to {max_connections} connections)",
+            if tls.is_some() { "https" } else { "http" },
             fd_limit.map_or("unknown".to_string(), |l| l.to_string())
         );
         Ok(Server {
@@ -136,6 +153,7 @@ impl Server {
             waker,
             stop: Arc::new(AtomicBool::new(false)),
             signals: None,
+            tls,
             static_files: match &config.static_dir {
                 Some(dir) => StaticFiles::dir(dir.clone()),
                 None => StaticFiles::embedded(),
@@ -263,9 +281,7 @@ impl Server {
     }
 
     fn has_output(&self, key: usize) -> bool {
-        self.connections
-            .get(key)
-            .is_some_and(|c| !c.output.is_empty())
+        self.connections.get(key).is_some_and(|c| c.has_output())
     }
 
     /// The peer's address, for log lines.

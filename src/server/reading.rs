@@ -1,7 +1,9 @@
 //! Reading: bytes off a ready socket into the shared read buffer, and on to the
 //! phase that takes them (HTTP requests, WebSocket frames, or nothing while
 //! draining). A bounded number of reads per wake-up, so one fast sender cannot
-//! starve the others; what is left is read on the next iteration.
+//! starve the others; what is left is read on the next iteration. A TLS socket
+//! reads decrypted plaintext the same way (`tls.rs`); reading it may also give
+//! the handshake records to send, so it is then put on the flush list.
 
 use super::Server;
 use crate::connection::{AfterFlush, Phase};
@@ -54,7 +56,13 @@ impl Server {
                 Ok(n) => {
                     self.metrics.bytes_in += n as u64;
                     self.on_bytes(key, &mut buffer[..n]);
-                    if n < buffer.len() && until == ReadUntil::ShortRead {
+                    // (A short TLS read has drained the socket too, unless
+                    // the peer's close_notify came with it: read that next.)
+                    let ended = self
+                        .connections
+                        .get(key)
+                        .is_some_and(|c| c.socket.read_ended());
+                    if n < buffer.len() && until == ReadUntil::ShortRead && !ended {
                         budget_spent = false;
                         break;
                     }
@@ -72,6 +80,14 @@ impl Server {
             }
         }
         self.read_buffer = buffer;
+        // The TLS handshake answers (or an alert) wait in rustls: write them.
+        if self
+            .connections
+            .get(key)
+            .is_some_and(|c| c.socket.wants_write())
+        {
+            self.queue_flush(key);
+        }
         // Not drained: no new event will come for what is left, so the next
         // iteration reads again (after the others had their turn).
         if budget_spent {

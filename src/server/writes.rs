@@ -11,17 +11,19 @@
 //! [`FlushOutcome`] for the loop to act on. Two writes happen elsewhere, both
 //! documented where they are: `OutputQueue::make_room` writes early when a queue
 //! passes the limit, and `accept.rs` writes a 503 to a socket it never admits.
+//! A TLS socket takes plaintext and writes records (`tls.rs`); a flush also
+//! writes the records it holds, such as the handshake's, so a connection with
+//! nothing queued may still be on the flush list.
 
 use super::{Pending, Server};
 use crate::chat::SharedFrame;
 use crate::config::Config;
-use crate::connection::{AfterFlush, Connection, Phase};
+use crate::connection::{AfterFlush, Connection, Phase, Socket};
 use crate::frame::{self, OpCode};
 use crate::message::{self, CloseCode};
 use crate::metrics::{self, Metrics};
 use crate::output::{Flushed, OutputQueue};
 use log::warn;
-use mio::net::TcpStream;
 use slab::Slab;
 use std::io;
 use std::time::Instant;
@@ -97,13 +99,14 @@ pub(super) fn queue_frame(
 /// `websocket.rs` can queue a reply while the session still lends its payload;
 /// the caller puts the connection on the flush list.
 pub(super) fn push_frame(
-    socket: &mut TcpStream,
+    socket: &mut Socket,
     output: &mut OutputQueue,
     frame: Outgoing,
     metrics: &mut Metrics,
     config: &Config,
 ) -> bool {
-    if !output.make_room(socket, config.max_output, &mut metrics.bytes_out) {
+    let limit = socket.queue_limit(config.max_output); // less what TLS may hold
+    if !output.make_room(socket, limit, &mut metrics.bytes_out) {
         return false;
     }
     match frame {

@@ -13,6 +13,9 @@
 //   HEADED             1 = show the browser window (needs a display)
 //   LOOPCHAT_ARGS      extra server arguments, split on spaces; e.g.
 //                      "--static-dir static" tests the page without a rebuild
+//   LOOPCHAT_TLS_CERT  with LOOPCHAT_TLS_KEY: PEM files for a second pass over
+//                      https (chromium with --ignore-certificate-errors for that
+//                      pass only), where two users chat over wss://
 //
 // After the main scenario (permessage-deflate off: ws.extensions is ""), a
 // second server is started with --permessage-deflate, where two users chat a
@@ -410,6 +413,75 @@ async function deflateScenario(browser, port) {
   }
 }
 
+// ------------------------------------------------------------ https pass ----
+// The same page over https: it must pick wss:// by itself, and two users chat.
+async function tlsScenario(browser, port) {
+  const base = `https://127.0.0.1:${port}`;
+  const seen = { dialogs: [], errors: [], console: [] };
+  const sockets = [];
+  const pages = {};
+  for (const who of ['dana', 'eve']) {
+    const ctx = await browser.newContext({ viewport: { width: 600, height: 500 } });
+    await ctx.addInitScript((n) => localStorage.setItem('loopchat.name', n), who);
+    const page = await ctx.newPage();
+    watch(page, who, seen);
+    page.on('websocket', (ws) => sockets.push(ws.url()));
+    pages[who] = page;
+  }
+  try {
+    for (const [who, page] of Object.entries(pages)) {
+      const res = await page.goto(`${base}/#tls`);
+      assert.ok(res && res.ok(), `${who}: GET / over https returned ${res && res.status()}`);
+      await status(page, 'online');
+      await notice(page, `Connected to #tls as ${who}`);
+    }
+    await onlineCount(pages.dana, 2);
+    assert.ok(sockets.length >= 2 && sockets.every((u) => u.startsWith(`wss://127.0.0.1:${port}/chat/tls`)),
+      `the page's sockets are wss:// ones: ${sockets}`);
+    ok(`https: dana and eve connected to #tls over ${sockets[0].split('?')[0]}`);
+    await send(pages.dana, 'Over TLS now?');
+    await send(pages.eve, 'Yes: wss all the way.');
+    for (const page of Object.values(pages)) {
+      await message(page, 'dana', 'Over TLS now?');
+      await message(page, 'eve', 'Yes: wss all the way.');
+    }
+    assert.deepEqual(seen.errors, [], 'uncaught page errors');
+    ok('https: both see both messages over wss');
+  } catch (err) {
+    for (const [who, page] of Object.entries(pages)) {
+      const text = await page.evaluate(() => document.querySelector('#log')?.innerText).catch(() => '?');
+      console.error(`--- ${who}'s log (https pass) ---\n${text}`);
+    }
+    if (seen.console.length) console.error('console errors:\n  ' + seen.console.join('\n  '));
+    throw err;
+  }
+}
+
+async function tlsPass() {
+  const [cert, key] = [process.env.LOOPCHAT_TLS_CERT, process.env.LOOPCHAT_TLS_KEY];
+  if (!cert || !key) { log('https pass skipped (LOOPCHAT_TLS_CERT/LOOPCHAT_TLS_KEY not set)'); return; }
+  await stopServer();
+  const port = await freePort();
+  await startServer(port, ['--tls-cert', cert, '--tls-key', key]);
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: process.env.HEADED !== '1',
+    timeout: 20_000,
+    args: [
+      ...(process.env.HEADED === '1' ? [] : ['--headless']),
+      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      // The certificate was made by the test: this pass only.
+      '--ignore-certificate-errors',
+    ],
+  });
+  try {
+    await tlsScenario(browser, port);
+  } finally {
+    await browser.close().catch(() => {});
+  }
+}
+
 // ------------------------------------------------------------------ main ----
 async function main() {
   const port = await freePort();
@@ -434,6 +506,7 @@ async function main() {
   } finally {
     await browser.close().catch(() => {});
   }
+  await tlsPass();
 }
 
 const watchdog = setTimeout(() => {

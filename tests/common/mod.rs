@@ -9,6 +9,10 @@
 #![allow(dead_code)]
 
 use loopchat::{Config, RunningServer, ServerHandle};
+
+/// https and wss clients, and certificates made at test time.
+#[cfg(feature = "tls")]
+pub mod tls;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
