@@ -258,105 +258,8 @@ where
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| format!("{flag} needs a value"))
         };
-        let with_flag = |message: String| format!("{flag}: {message}");
-        match flag.as_str() {
-            "--addr" => config.addr = parse_addr(&value()?).map_err(with_flag)?,
-            "--static-dir" => {
-                let dir = PathBuf::from(value()?);
-                if !dir.is_dir() {
-                    return Err(with_flag(format!("{:?} is not a directory", dir.display())));
-                }
-                config.static_dir = Some(dir);
-            }
-            "--log-level" => {
-                let v = value()?;
-                config.log_level = v
-                    .parse()
-                    .map_err(|_| with_flag(format!("{v:?} is not a log level (use {LEVELS})")))?;
-                log_level_given = true;
-            }
-            "--ping-interval" => config.ping_interval = duration(&value()?).map_err(with_flag)?,
-            "--max-message-size" => config.max_message_size = size(&value()?).map_err(with_flag)?,
-            "--max-chat-message-size" => {
-                config.max_chat_message_size = size(&value()?).map_err(with_flag)?
-            }
-            "--input-budget" => config.input_budget = size(&value()?).map_err(with_flag)?,
-            "--message-timeout" => {
-                config.message_timeout = duration(&value()?).map_err(with_flag)?
-            }
-            "--message-min-rate" => {
-                config.message_min_rate = size_or_zero(&value()?).map_err(with_flag)?
-            }
-            "--history-budget" => {
-                config.history_budget = size_or_zero(&value()?).map_err(with_flag)?
-            }
-            "--max-message-rate" => {
-                let v = value()?;
-                config.max_message_rate = v
-                    .trim()
-                    .parse()
-                    .map_err(|_| with_flag(format!("{v:?} is not a whole number")))?;
-            }
-            "--member-list-limit" => {
-                config.member_list_limit = count(&value()?).map_err(with_flag)?
-            }
-            "--max-connections-per-ip" => {
-                config.max_connections_per_ip = Some(positive_count(&value()?).map_err(with_flag)?)
-            }
-            "--max-output" => config.max_output = size(&value()?).map_err(with_flag)?,
-            "--max-header-bytes" => config.max_header_bytes = size(&value()?).map_err(with_flag)?,
-            "--max-headers" => config.max_headers = positive_count(&value()?).map_err(with_flag)?,
-            "--handshake-timeout" => {
-                config.handshake_timeout = duration(&value()?).map_err(with_flag)?
-            }
-            "--close-timeout" => config.close_timeout = duration(&value()?).map_err(with_flag)?,
-            "--max-connections" => {
-                config.max_connections = Some(positive_count(&value()?).map_err(with_flag)?)
-            }
-            "--history" => config.history = count(&value()?).map_err(with_flag)?,
-            "--history-bytes" => config.history_bytes = size(&value()?).map_err(with_flag)?,
-            "--idle-rooms" => config.idle_rooms = count(&value()?).map_err(with_flag)?,
-            "--allowed-origin" => config.allowed_origins.push(value()?),
-            "--subprotocol" => {
-                let name = value()?;
-                if !handshake::is_token(&name) {
-                    return Err(with_flag(format!(
-                        "{name:?} is not a token (letters, digits and !#$%&'*+-.^_`|~ only; \
-                         RFC 7230 §3.2.6)"
-                    )));
-                }
-                if !config.subprotocols.contains(&name) {
-                    config.subprotocols.push(name);
-                }
-            }
-            "--shutdown-timeout" => {
-                config.shutdown_timeout = duration(&value()?).map_err(with_flag)?
-            }
-            "--permessage-deflate" if cfg!(feature = "deflate") => config.permessage_deflate = true,
-            "--permessage-deflate" => {
-                return Err(with_flag(
-                    "this loopchat was built without the `deflate` feature".into(),
-                ))
-            }
-            "--deflate-min-size" => {
-                config.deflate_min_size = size_or_zero(&value()?).map_err(with_flag)?
-            }
-            "--deflate-level" => {
-                let v = value()?;
-                config.deflate_level = match v.trim().parse() {
-                    Ok(level @ 1..=9) => level,
-                    _ => return Err(with_flag(format!("{v:?} is not a level from 1 to 9"))),
-                };
-            }
-            "--tls-cert" | "--tls-key" if !cfg!(feature = "tls") => {
-                return Err(with_flag(
-                    "this loopchat was built without the `tls` feature".into(),
-                ))
-            }
-            "--tls-cert" => config.tls_cert = Some(PathBuf::from(value()?)),
-            "--tls-key" => config.tls_key = Some(PathBuf::from(value()?)),
-            _ => return Err(format!("unknown option {arg:?}")),
-        }
+        set_flag(&mut config, &flag, &mut value)?;
+        log_level_given |= flag == "--log-level";
     }
     if let (false, Some(value)) = (log_level_given, rust_log) {
         if let Some(level) = level_from_rust_log(value)? {
@@ -364,6 +267,105 @@ where
         }
     }
     Ok(Command::Run(Box::new(config)))
+}
+
+/// Applies one flag to `config`, taking its value from `value` when it has one.
+fn set_flag(
+    config: &mut Config,
+    flag: &str,
+    value: &mut dyn FnMut() -> Result<String, String>,
+) -> Result<(), String> {
+    let with_flag = |message: String| format!("{flag}: {message}");
+    match flag {
+        "--addr" => config.addr = parse_addr(&value()?).map_err(with_flag)?,
+        "--static-dir" => {
+            let dir = PathBuf::from(value()?);
+            if !dir.is_dir() {
+                return Err(with_flag(format!("{:?} is not a directory", dir.display())));
+            }
+            config.static_dir = Some(dir);
+        }
+        "--log-level" => {
+            let v = value()?;
+            config.log_level = v
+                .parse()
+                .map_err(|_| with_flag(format!("{v:?} is not a log level (use {LEVELS})")))?;
+        }
+        "--ping-interval" => config.ping_interval = duration(&value()?).map_err(with_flag)?,
+        "--max-message-size" => config.max_message_size = size(&value()?).map_err(with_flag)?,
+        "--max-chat-message-size" => {
+            config.max_chat_message_size = size(&value()?).map_err(with_flag)?
+        }
+        "--input-budget" => config.input_budget = size(&value()?).map_err(with_flag)?,
+        "--message-timeout" => config.message_timeout = duration(&value()?).map_err(with_flag)?,
+        "--message-min-rate" => {
+            config.message_min_rate = size_or_zero(&value()?).map_err(with_flag)?
+        }
+        "--history-budget" => config.history_budget = size_or_zero(&value()?).map_err(with_flag)?,
+        "--max-message-rate" => {
+            let v = value()?;
+            config.max_message_rate = v
+                .trim()
+                .parse()
+                .map_err(|_| with_flag(format!("{v:?} is not a whole number")))?;
+        }
+        "--member-list-limit" => config.member_list_limit = count(&value()?).map_err(with_flag)?,
+        "--max-connections-per-ip" => {
+            config.max_connections_per_ip = Some(positive_count(&value()?).map_err(with_flag)?)
+        }
+        "--max-output" => config.max_output = size(&value()?).map_err(with_flag)?,
+        "--max-header-bytes" => config.max_header_bytes = size(&value()?).map_err(with_flag)?,
+        "--max-headers" => config.max_headers = positive_count(&value()?).map_err(with_flag)?,
+        "--handshake-timeout" => {
+            config.handshake_timeout = duration(&value()?).map_err(with_flag)?
+        }
+        "--close-timeout" => config.close_timeout = duration(&value()?).map_err(with_flag)?,
+        "--max-connections" => {
+            config.max_connections = Some(positive_count(&value()?).map_err(with_flag)?)
+        }
+        "--history" => config.history = count(&value()?).map_err(with_flag)?,
+        "--history-bytes" => config.history_bytes = size(&value()?).map_err(with_flag)?,
+        "--idle-rooms" => config.idle_rooms = count(&value()?).map_err(with_flag)?,
+        "--allowed-origin" => config.allowed_origins.push(value()?),
+        "--subprotocol" => {
+            let name = value()?;
+            if !handshake::is_token(&name) {
+                return Err(with_flag(format!(
+                    "{name:?} is not a token (letters, digits and !#$%&'*+-.^_`|~ only; \
+                     RFC 7230 §3.2.6)"
+                )));
+            }
+            if !config.subprotocols.contains(&name) {
+                config.subprotocols.push(name);
+            }
+        }
+        "--shutdown-timeout" => config.shutdown_timeout = duration(&value()?).map_err(with_flag)?,
+        "--permessage-deflate" if cfg!(feature = "deflate") => config.permessage_deflate = true,
+        "--permessage-deflate" => {
+            return Err(with_flag(
+                "this loopchat was built without the `deflate` feature".into(),
+            ))
+        }
+        "--deflate-min-size" => {
+            config.deflate_min_size = size_or_zero(&value()?).map_err(with_flag)?
+        }
+        "--deflate-level" => {
+            let v = value()?;
+            config.deflate_level = match v.trim().parse() {
+                Ok(level @ 1..=9) => level,
+                _ => return Err(with_flag(format!("{v:?} is not a level from 1 to 9"))),
+            };
+        }
+        "--tls-cert" | "--tls-key" if !cfg!(feature = "tls") => {
+            return Err(with_flag(
+                "this loopchat was built without the `tls` feature".into(),
+            ))
+        }
+        "--tls-cert" => config.tls_cert = Some(PathBuf::from(value()?)),
+        "--tls-key" => config.tls_key = Some(PathBuf::from(value()?)),
+        _ => return Err(format!("unknown option {flag:?}")),
+    }
+    Ok(())
 }
 
 /// The level `RUST_LOG` sets for this crate: a `loopchat=LEVEL` directive, else a
