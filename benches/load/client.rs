@@ -38,8 +38,14 @@ pub enum Mode {
     /// Every connection sends and gets its own messages back, `inflight` at a time.
     Echo { inflight: u32 },
     /// Senders are conns 0..senders; every conn is a receiver (the sender included).
-    /// `rate_hz` 0: as fast as the window allows.
-    Chat { senders: usize, rate_hz: f64 },
+    /// `rate_hz` 0: as fast as the window allows. `verbatim`: the server passes each
+    /// payload on unchanged (`/relay`), with no welcome or notices; else it is a chat
+    /// server's JSON `message` (unless the target is a raw fan-out, verbatim too).
+    Chat {
+        senders: usize,
+        rate_hz: f64,
+        verbatim: bool,
+    },
 }
 
 /// One client connection.
@@ -65,6 +71,8 @@ struct Connection {
     received: u32,
     /// Chat: the server's welcome has come.
     welcomed: bool,
+    /// Chat: the highest member count a `join` or `presence` notice has told it.
+    online: u64,
 }
 
 /// The client of one round: its connections, what they sent and expect back, and
@@ -92,6 +100,13 @@ pub struct Client {
     pub latencies_ns: Vec<u32>, // saturating
     last_rx: Instant,
     pub checks: MessageChecks,
+    /// Chat: some member got a `join` or `presence` notice (the server announces
+    /// arrivals, so set-up waits until every member has been told the full count).
+    pub announces: bool,
+    /// Chat: frames other than messages (notices) received while measuring.
+    pub notices_measured: u64,
+    /// Chat: `rate_limited` notices (the server's flood control dropped a message).
+    pub rate_limited: u64,
     scratch: Vec<u8>,
     payload_buf: Vec<u8>,
     to_flush: Vec<usize>,
@@ -128,6 +143,9 @@ impl Client {
             latencies_ns: Vec::new(),
             last_rx: Instant::now(),
             checks: MessageChecks::new(strict),
+            announces: false,
+            notices_measured: 0,
+            rate_limited: 0,
             scratch: vec![0u8; 64 * 1024],
             to_flush: Vec::new(),
         })
@@ -153,6 +171,7 @@ impl Client {
             sent: 0,
             received: 0,
             welcomed: false,
+            online: 0,
         };
         match TcpStream::connect(self.target.addr) {
             Ok(mut s) => {
@@ -337,23 +356,33 @@ impl Client {
         open
     }
 
-    /// Chat: waits for every welcome (if `need_welcome`) and for 150 ms of silence.
-    pub fn wait_quiet(&mut self, need_welcome: bool, limit: Duration) -> bool {
+    /// Chat: waits until the room is full and quiet: every member welcomed (if
+    /// `need_welcome`); if the server announces arrivals (`join` notices in a small
+    /// room, a `presence` notice per tick, about a second, in a big one), every
+    /// member told that `members` are online; then 150 ms of silence. False if that
+    /// takes longer than `limit`.
+    pub fn wait_ready(&mut self, need_welcome: bool, members: usize, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         loop {
             self.pump(Duration::from_millis(10));
-            let welcomed = !need_welcome
-                || self
-                    .conns
-                    .iter()
-                    .all(|c| c.welcomed || c.state == ConnState::Dead);
-            if welcomed && self.last_rx.elapsed() > Duration::from_millis(150) {
+            let live = || self.conns.iter().filter(|c| c.state != ConnState::Dead);
+            let welcomed = !need_welcome || live().all(|c| c.welcomed);
+            let told = !self.announces || live().all(|c| c.online >= members as u64);
+            if welcomed && told && self.last_rx.elapsed() > Duration::from_millis(150) {
                 return true;
             }
             if Instant::now() > deadline {
                 return false;
             }
         }
+    }
+
+    /// Chat: members not yet welcomed, and not yet told the full count `members`.
+    pub fn not_ready(&self, members: usize) -> (usize, usize) {
+        let live = || self.conns.iter().filter(|c| c.state != ConnState::Dead);
+        let unwelcomed = live().filter(|c| !c.welcomed).count();
+        let untold = live().filter(|c| c.online < members as u64).count();
+        (unwelcomed, untold)
     }
 
     /// Runs the loop for `d`.

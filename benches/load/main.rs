@@ -1,4 +1,5 @@
-//! Load benchmark for loopchat (issue 5: "Fast enough to be the target of choice").
+//! Load benchmark for loopchat: echo, chat and relay throughput, latency and memory,
+//! against the limit of a raw TCP server and against tokio-tungstenite.
 //!
 //! `cargo bench --bench load` runs, in one process tree:
 //!
@@ -9,13 +10,17 @@
 //!   number, so the client notices anything lost, reordered or corrupted;
 //! * the servers under comparison, each in its own process (so its CPU time can be read
 //!   from /proc/PID and it can be pinned with `taskset`):
-//!   - `loopchat` itself (`CARGO_BIN_EXE_loopchat`),
+//!   - `loopchat` itself (`CARGO_BIN_EXE_loopchat`, with `--max-message-rate 0`: the
+//!     chat workloads send far past its default flood control), on `/echo`,
+//!     `/chat/ROOM` and `/relay/ROOM` (each message passed on verbatim),
 //!   - `raw-tcp-echo`: a raw TCP echo server on the same kind of mio loop, no framing:
 //!     the physical limit for echo (this binary re-invoked with `--serve raw-echo PORT`),
 //!   - `raw-tcp-fanout`: the same loop relaying every client frame unchanged to every
-//!     connection, the cost of broadcast without framing (`--serve raw-fanout PORT`),
+//!     connection, the cost of broadcast without framing (`--serve raw-fanout PORT`);
+//!     the limit for both the chat and the relay workloads,
 //!   - `tokio-tungstenite`: an echo + broadcast chat server on a current-thread tokio
-//!     runtime, what a Rust user would pick (`--serve tokio PORT`).
+//!     runtime, what a Rust user would pick, with a 4 KiB read buffer as a careful
+//!     user would set it (`--serve tokio PORT 4096`); it has no relay endpoint.
 //!
 //! Rounds are interleaved (round-robin over the servers) and every figure printed is the
 //! median over the rounds. `--url ws://host:port/path` measures any server instead.
@@ -50,9 +55,11 @@ fn main() {
     }
     if args.is_empty() {
         // `cargo test --benches` runs bench targets without arguments: stay cheap.
-        // The payload format's self-test is microseconds, and this is where it can run
+        // The payload format's and JSON lookups' self-tests are microseconds, and this
+        // is where they can run
         // (a `harness = false` target is not built with `cfg(test)`).
         payload::self_test();
+        wire::self_test();
         println!("load bench: run it with `cargo bench --bench load` (see `-- --help`)");
         return;
     }

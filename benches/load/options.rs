@@ -12,23 +12,35 @@ usage: cargo bench --bench load -- [options] [FILTER...]
   --quick              one round, a subset of the workloads
   --filter NAME        only workloads whose name contains NAME (repeatable; bare
                        words are filters too). Names: echo/c100/if1 ... chat/r1000/s10/1KiB,
+                       relay/r100/s1/32B ... relay/r1000/s10/1KiB,
                        latency/r1000/s10x10hz, mem/echo1000, mem/idle10000
   --rounds N           interleaved rounds per workload (default 3, --quick: 1)
   --secs S             measured seconds per round (default 2)
   --idle-conns N       connections for mem/idle (default 10000)
   --no-pin             do not pin server to CPU 0 and client to CPU 1
   --verbose            print every round, not only the medians
-  --tokio-read-buffer N  tungstenite read_buffer_size for the tokio server (default:
-                       tungstenite's own, 128 KiB, zero-filled before every read)
-  --loopchat PATH      loopchat binary (default: the one cargo built)
-  --loopchat-arg ARG   extra argument for loopchat (repeatable)
-  --url ws://H:P/PATH  measure this server instead (echo workloads, or chat workloads
-                       when PATH starts with /chat); no ratios. tcp://H:P targets a
-                       raw TCP echo server (e.g. `load --serve raw-echo PORT`), and
-                       tcp://H:P/chat a raw fan-out (`load --serve raw-fanout PORT`)
+  --tokio-read-buffer N|default
+                       tungstenite read_buffer_size for the tokio server (default:
+                       4096, as a careful user sets it; `default` keeps tungstenite's
+                       own, 128 KiB, zero-filled before every read)
+  --loopchat PATH      loopchat binary (default: the one cargo built; it is run with
+                       --max-message-rate 0, flood control off)
+  --loopchat-arg ARG   extra argument for loopchat (repeatable; after the defaults)
+  --url ws://H:P/PATH  measure this server instead (echo workloads; chat workloads
+                       when PATH starts with /chat, relay workloads when it starts
+                       with /relay); no ratios. A loopchat there should run with
+                       --max-message-rate 0. tcp://H:P targets a raw TCP echo server
+                       (e.g. `load --serve raw-echo PORT`), and tcp://H:P/chat or
+                       tcp://H:P/relay a raw fan-out (`load --serve raw-fanout PORT`)
   --server-pid PID     with --url: read that process's CPU time and memory
-  --serve raw-echo|raw-fanout|tokio PORT   (internal) run a comparison server
+  --serve raw-echo|raw-fanout|tokio PORT [READ_BUFFER]
+                       (internal) run a comparison server
 ";
+
+/// The tokio server's read buffer unless `--tokio-read-buffer` says otherwise: 4 KiB,
+/// as a careful user configures it (tungstenite's own default is 128 KiB, which it
+/// zero-fills before every read).
+pub const DEFAULT_TOKIO_READ_BUFFER: usize = 4096;
 
 /// What one run of the bench was asked to do.
 #[derive(Clone)]
@@ -44,6 +56,7 @@ pub struct Options {
     pub url: Option<String>,
     pub server_pid: Option<u32>,
     pub verbose: bool,
+    /// tungstenite's read_buffer_size for the tokio server; `None`: its default.
     pub tokio_read_buffer: Option<usize>,
 }
 
@@ -61,7 +74,7 @@ impl Default for Options {
             url: None,
             server_pid: None,
             verbose: false,
-            tokio_read_buffer: None,
+            tokio_read_buffer: Some(DEFAULT_TOKIO_READ_BUFFER),
         }
     }
 }
@@ -78,7 +91,12 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             "--quick" => o.quick = true,
             "--no-pin" => o.pin = false,
             "--verbose" | "-v" => o.verbose = true,
-            "--tokio-read-buffer" => o.tokio_read_buffer = Some(number(arg, value(arg)?)?),
+            "--tokio-read-buffer" => {
+                o.tokio_read_buffer = match value(arg)?.as_str() {
+                    "default" => None,
+                    n => Some(number(arg, n.to_string())?),
+                }
+            }
             "--filter" => o.filters.push(value(arg)?),
             "--rounds" => o.rounds = number(arg, value(arg)?)?,
             "--secs" => o.secs = number(arg, value(arg)?)?,

@@ -1,6 +1,8 @@
 //! From rounds to what is printed: the medians over a workload's rounds, each
 //! workload's table (and every round's line with `--verbose`), the checks against the
-//! targets of issue 5 (see [`targets`]), and the closing summary in Markdown.
+//! targets of issue 5 (see [`targets`]), and the closing summary in Markdown (every
+//! server's figures, loopchat's ratios to the raw limit and to tokio-tungstenite, the
+//! targets).
 
 mod targets;
 
@@ -163,6 +165,8 @@ struct TargetCheck {
 /// What a run has printed so far that the summary repeats, and whether all went well.
 pub struct Report {
     table: Vec<String>,
+    /// loopchat's messages per server-CPU-second and its ratios, a line per workload.
+    ratios: Vec<String>,
     checks: Vec<TargetCheck>,
     all_ok: bool,
 }
@@ -171,9 +175,18 @@ impl Default for Report {
     fn default() -> Self {
         Report {
             table: Vec::new(),
+            ratios: Vec::new(),
             checks: Vec::new(),
             all_ok: true,
         }
+    }
+}
+
+/// A ratio as "1.23x" ("-" if there is none).
+fn fmt_ratio(r: Option<f64>) -> String {
+    match r {
+        Some(r) if r.is_finite() => format!("{r:.2}x"),
+        _ => "-".into(),
     }
 }
 
@@ -206,6 +219,37 @@ impl Report {
             }
         }
         self.check_targets(workload, &aggregates, external);
+        if !external && !workload.kind.is_memory() {
+            self.add_ratios(workload, &aggregates);
+        }
+    }
+
+    /// Keeps loopchat's figure per server-CPU-second and its ratios to the raw limit
+    /// and to tokio-tungstenite for the summary.
+    fn add_ratios(&mut self, workload: &Workload, aggregates: &HashMap<ServerKind, Aggregate>) {
+        let Some(loopchat) = aggregates
+            .get(&ServerKind::Loopchat)
+            .filter(|a| a.rounds > 0)
+        else {
+            return;
+        };
+        let raw = if workload.kind.is_room() {
+            ServerKind::RawFanout
+        } else {
+            ServerKind::RawEcho
+        };
+        let tokio = if workload.kind == WorkloadKind::Relay {
+            "(no relay endpoint)".to_string()
+        } else {
+            fmt_ratio(targets::per_cpu_ratio(aggregates, ServerKind::Tokio))
+        };
+        self.ratios.push(format!(
+            "| {} | {} | {} | {} |",
+            workload.name,
+            fmt_num(loopchat.median.per_cpu),
+            fmt_ratio(targets::per_cpu_ratio(aggregates, raw)),
+            tokio,
+        ));
     }
 
     /// Prints server `kind`'s line and its error notes.
@@ -281,6 +325,14 @@ impl Report {
             println!("| workload | server | msgs/s | msgs per server-CPU-s | (min-max over rounds) | server CPU | client CPU | p50 | p99 | run-queue wait srv/cli, steal | errors |");
             println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
             for l in &self.table {
+                println!("{l}");
+            }
+        }
+        if !self.ratios.is_empty() {
+            println!();
+            println!("| workload | loopchat msgs per server-CPU-s | loopchat / raw limit | loopchat / tokio |");
+            println!("|---|---:|---:|---:|");
+            for l in &self.ratios {
                 println!("{l}");
             }
         }

@@ -12,7 +12,6 @@ use crate::options::Options;
 use crate::payload::{PayloadFormat, MIN_PAYLOAD_LEN};
 use crate::servers::{settle, Server, ServerKind};
 use crate::sys::{cpu_ns, raise_nofile_limit, status_kb, steal_ticks, wait_ns};
-use crate::target::Protocol;
 use crate::workloads::{Workload, WorkloadKind};
 
 /// What a round measured (and, in an aggregate, the medians over rounds).
@@ -136,9 +135,30 @@ fn measure_traffic(
             result.note = format!("VmRSS now {rss} KiB");
         }
     }
-    if client.checks.foreign > 0 {
-        result.note = format!("{} foreign messages skipped", client.checks.foreign);
+    let mut notes = Vec::new();
+    if !result.note.is_empty() {
+        notes.push(std::mem::take(&mut result.note));
     }
+    if client.checks.foreign > 0 {
+        notes.push(format!(
+            "{} foreign messages skipped",
+            client.checks.foreign
+        ));
+    }
+    if client.notices_measured > 0 {
+        let n = client.notices_measured;
+        notes.push(format!(
+            "{n} notices (not messages) received while measuring"
+        ));
+    }
+    if client.rate_limited > 0 {
+        notes.push(format!(
+            "{} rate_limited notice(s): the server's flood control dropped messages \
+             (run loopchat with --max-message-rate 0)",
+            client.rate_limited
+        ));
+    }
+    result.note = notes.join("; ");
     result.errors = client.checks.errors.clone();
     drop(client);
     if let Some(p) = pid {
@@ -147,8 +167,8 @@ fn measure_traffic(
     Ok(result)
 }
 
-/// Opens `conns` connections (all of them, or an error); for chat, waits until every
-/// member is welcomed and the joins have died down.
+/// Opens `conns` connections (all of them, or an error); for chat and relay, waits
+/// until the room is full and quiet (see `Client::wait_ready`).
 fn set_up(client: &mut Client, conns: usize, external: bool) -> Result<(), String> {
     let open = client.open_all(conns, Duration::from_secs(30));
     if open < conns {
@@ -159,11 +179,15 @@ fn set_up(client: &mut Client, conns: usize, external: bool) -> Result<(), Strin
         ));
     }
     if let Mode::Chat { .. } = client.mode {
-        let need_welcome = !external && client.target.protocol == Protocol::WebSocket;
-        if !client.wait_quiet(need_welcome, Duration::from_secs(20)) {
-            return Err(
-                "chat setup: not every member got its welcome / traffic did not calm down".into(),
-            );
+        // a relay room (and a raw fan-out) sends no welcome and no notices
+        let need_welcome = !external && !client.verbatim();
+        if !client.wait_ready(need_welcome, conns, Duration::from_secs(20)) {
+            let (unwelcomed, untold) = client.not_ready(conns);
+            let untold = if client.announces { untold } else { 0 };
+            return Err(format!(
+                "room setup: after 20 s, {unwelcomed} members without a welcome, \
+                 {untold} not told that {conns} are online, or traffic did not calm down"
+            ));
         }
     }
     Ok(())

@@ -10,7 +10,7 @@ use crate::report::{print_round, Report};
 use crate::round::{run_round, RoundOutcome};
 use crate::servers::{spawn_server, Server, ServerKind, SERVER_CPU};
 use crate::sys::{have_taskset, loadavg, pin_this_process, raise_nofile_limit};
-use crate::target::{parse_url, Target};
+use crate::target::{parse_url, Protocol, Target};
 use crate::workloads::{self, Workload, WorkloadKind};
 
 /// The CPU the client is pinned to.
@@ -63,6 +63,21 @@ impl Bench {
             loadavg()
         );
         let pin = set_up_pinning(&options, ncpu);
+        if options.url.is_none() {
+            let buffer = match options.tokio_read_buffer {
+                Some(n) => format!("{n} B"),
+                None => "tungstenite's default (128 KiB, zero-filled every read)".into(),
+            };
+            println!(
+                "servers: loopchat with --max-message-rate 0 (flood control off){}; \
+                 tokio-tungstenite read buffer {buffer}",
+                if options.loopchat_args.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", options.loopchat_args.join(" "))
+                }
+            );
+        }
         let external = external_target(&options).ok()?;
         Some(Bench {
             options,
@@ -77,7 +92,7 @@ impl Bench {
         if self.external.is_some() {
             vec![ServerKind::External]
         } else {
-            kind.local_servers().to_vec()
+            kind.local_servers()
         }
     }
 
@@ -176,6 +191,12 @@ fn external_target(options: &Options) -> Result<Option<Target>, ()> {
     println!("target: {url} ({})", target.addr);
     if !target.addr.ip().is_loopback() {
         println!("note: the target is not on loopback; network latency is included");
+    }
+    if target.protocol == Protocol::WebSocket && target.path.starts_with("/chat") {
+        println!(
+            "hint: if chat workloads show drops (lost), run loopchat with \
+             --max-message-rate 0 (its flood control drops past 10 msg/s per member)"
+        );
     }
     Ok(Some(target))
 }

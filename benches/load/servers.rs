@@ -112,6 +112,8 @@ fn command_line(
     Ok(match kind {
         ServerKind::Loopchat => {
             let addr = format!("127.0.0.1:{port}");
+            // Flood control off: the chat workloads send far more than a person
+            // would (the default, 10 messages/s per member, would drop them).
             let mut args: Vec<String> = [
                 "--addr",
                 &addr,
@@ -119,6 +121,8 @@ fn command_line(
                 "warn",
                 "--ping-interval",
                 "3600",
+                "--max-message-rate",
+                "0",
             ]
             .iter()
             .map(|s| s.to_string())

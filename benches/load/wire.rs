@@ -1,6 +1,6 @@
 //! The load client's own WebSocket wire format: frame opcodes, masking, building masked
 //! client frames, parsing frame headers, the handshake's fixed key and accept value, and
-//! the one JSON field lookup the chat check needs. The raw fan-out server uses the
+//! the two JSON field lookups the chat check needs (a string, a whole number). The raw fan-out server uses the
 //! header parser too, to cut its stream at frame boundaries.
 //!
 //! Written apart from `loopchat::frame` on purpose: the client checks the server's
@@ -129,6 +129,33 @@ pub fn json_str_field<'a>(h: &'a [u8], key: &[u8], expect_len: usize) -> Option<
     None
 }
 
+/// A minimal JSON whole-number field lookup: `"key" : 123` -> 123; `None` if the key
+/// is not there with a number (a string value named so is skipped, as above).
+pub fn json_uint_field(h: &[u8], key: &[u8]) -> Option<u64> {
+    let mut from = 0;
+    while from + key.len() + 2 <= h.len() {
+        let rel = h[from..]
+            .windows(key.len() + 2)
+            .position(|w| w[0] == b'"' && w[w.len() - 1] == b'"' && &w[1..w.len() - 1] == key)?;
+        let mut i = from + rel + key.len() + 2;
+        while i < h.len() && h[i] == b' ' {
+            i += 1;
+        }
+        if i < h.len() && h[i] == b':' {
+            i += 1;
+            while i < h.len() && h[i] == b' ' {
+                i += 1;
+            }
+            let digits = h[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+            if digits > 0 {
+                return std::str::from_utf8(&h[i..i + digits]).ok()?.parse().ok();
+            }
+        }
+        from = from + rel + 1;
+    }
+    None
+}
+
 /// The JSON string whose first byte is at `s`, up to its closing quote.
 fn json_string_at(h: &[u8], s: usize, expect_len: usize) -> &[u8] {
     if expect_len > 0 && s + expect_len < h.len() && h[s + expect_len] == b'"' {
@@ -142,4 +169,17 @@ fn json_string_at(h: &[u8], s: usize, expect_len: usize) -> &[u8] {
         e += 1;
     }
     &h[s..e.min(h.len())]
+}
+
+/// The JSON lookups' checks, run with the payload format's (see `payload::self_test`).
+pub fn self_test() {
+    let presence = br#"{"type":"presence","online":1000,"joined":[{"id":9,"name":"online"}]}"#;
+    assert_eq!(
+        json_str_field(presence, b"type", 0),
+        Some(b"presence".as_slice())
+    );
+    assert_eq!(json_uint_field(presence, b"online"), Some(1000));
+    assert_eq!(json_uint_field(br#"{"online" : 7}"#, b"online"), Some(7));
+    assert_eq!(json_uint_field(br#"{"online":"x","n":1}"#, b"online"), None);
+    assert_eq!(json_uint_field(br#"{"type":"welcome"}"#, b"online"), None);
 }

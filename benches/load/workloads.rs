@@ -1,6 +1,6 @@
-//! The workloads: what each measures (echo throughput, chat fan-out, latency at a fixed
-//! rate, memory), the full list, and the selection a run makes from it (`--quick`,
-//! filters, what a `--url` server can take).
+//! The workloads: what each measures (echo throughput, chat fan-out, verbatim relay
+//! fan-out, latency at a fixed rate, memory), the full list, and the selection a run
+//! makes from it (`--quick`, filters, what a `--url` server can take).
 
 use crate::client::Mode;
 use crate::options::Options;
@@ -13,6 +13,8 @@ pub enum WorkloadKind {
     Echo,
     /// Chat deliveries per second.
     Chat,
+    /// Relay deliveries per second: `/relay/ROOM` passes each message on verbatim.
+    Relay,
     /// Chat latency at a fixed message rate.
     Latency,
     /// Peak RSS of a fresh server under echo load.
@@ -22,9 +24,14 @@ pub enum WorkloadKind {
 }
 
 impl WorkloadKind {
-    /// Whether it runs in a chat room (else on /echo).
+    /// Whether it runs in a chat room (`/chat/ROOM`).
     pub fn is_chat(self) -> bool {
         matches!(self, WorkloadKind::Chat | WorkloadKind::Latency)
+    }
+
+    /// Whether it is a fan-out to the members of a room (chat or relay; else echo).
+    pub fn is_room(self) -> bool {
+        self.is_chat() || self == WorkloadKind::Relay
     }
 
     /// A memory figure: one round, against a fresh server each time.
@@ -32,23 +39,31 @@ impl WorkloadKind {
         matches!(self, WorkloadKind::MemEcho | WorkloadKind::MemIdle)
     }
 
-    /// The path to load on a server of ours (a room of its own per round for chat).
+    /// The path to load on a server of ours (a room of its own per round for chat
+    /// and relay).
     pub fn path(self, nonce: u16) -> String {
         if self.is_chat() {
             format!("/chat/bench-{nonce:04x}")
+        } else if self == WorkloadKind::Relay {
+            format!("/relay/bench-{nonce:04x}")
         } else {
             "/echo".into()
         }
     }
 
-    /// The servers it compares: loopchat, the raw TCP limit, tokio-tungstenite.
-    pub fn local_servers(self) -> [ServerKind; 3] {
-        let raw = if self.is_chat() {
-            ServerKind::RawFanout
-        } else {
-            ServerKind::RawEcho
-        };
-        [ServerKind::Loopchat, raw, ServerKind::Tokio]
+    /// The servers it compares: loopchat, the raw TCP limit, tokio-tungstenite. The
+    /// tokio server has no relay endpoint (its /chat wraps each message in JSON, as
+    /// loopchat's does), so relay compares loopchat with the raw fan-out alone.
+    pub fn local_servers(self) -> Vec<ServerKind> {
+        match self {
+            WorkloadKind::Relay => vec![ServerKind::Loopchat, ServerKind::RawFanout],
+            k if k.is_chat() => vec![
+                ServerKind::Loopchat,
+                ServerKind::RawFanout,
+                ServerKind::Tokio,
+            ],
+            _ => vec![ServerKind::Loopchat, ServerKind::RawEcho, ServerKind::Tokio],
+        }
     }
 }
 
@@ -62,7 +77,7 @@ pub struct Workload {
     pub size: usize,
     /// Echo: messages in flight per connection.
     pub inflight: u32,
-    /// Chat: how many of the connections send.
+    /// Chat and relay: how many of the connections send.
     pub senders: usize,
     /// Latency: messages per second per sender (0: as fast as the window allows).
     pub rate_hz: f64,
@@ -72,10 +87,11 @@ pub struct Workload {
 
 impl Workload {
     pub fn mode(&self) -> Mode {
-        if self.kind.is_chat() {
+        if self.kind.is_room() {
             Mode::Chat {
                 senders: self.senders,
                 rate_hz: self.rate_hz,
+                verbatim: self.kind == WorkloadKind::Relay,
             }
         } else {
             Mode::Echo {
@@ -111,6 +127,10 @@ impl Workload {
             }
             WorkloadKind::Chat => format!(
                 "{conns} receivers, {senders} sender(s), {size} B messages (rates are deliveries)"
+            ),
+            WorkloadKind::Relay => format!(
+                "{conns} members, {senders} sender(s), {size} B messages passed on verbatim \
+                 (rates are deliveries)"
             ),
             WorkloadKind::Latency => {
                 format!(
@@ -170,6 +190,25 @@ fn catalogue(idle_conns: usize) -> Vec<Workload> {
             }
         }
     }
+    // The same rooms on /relay: what a fan-out load tool gets, each message passed on
+    // verbatim (no JSON), so the client checks it exactly as the raw fan-out's.
+    for receivers in [100, 1000] {
+        for senders in [1, 10] {
+            for (size, size_name) in [(32, "32B"), (1024, "1KiB")] {
+                let quick = (receivers == 1000 && senders == 10 && size == 32)
+                    || (receivers == 100 && senders == 1 && size == 1024);
+                v.push(Workload {
+                    name: format!("relay/r{receivers}/s{senders}/{size_name}"),
+                    kind: WorkloadKind::Relay,
+                    conns: receivers,
+                    size,
+                    senders,
+                    quick,
+                    ..base.clone()
+                });
+            }
+        }
+    }
     v.push(Workload {
         name: "latency/r1000/s10x10hz".into(),
         kind: WorkloadKind::Latency,
@@ -195,7 +234,7 @@ fn catalogue(idle_conns: usize) -> Vec<Workload> {
 }
 
 /// The workloads this run asked for: `--quick`'s subset, the filters, and with `--url`
-/// those the server can take (echo or chat by its path; memory only with a PID).
+/// those the server can take (echo, chat or relay by its path; memory only with a PID).
 pub fn select(options: &Options) -> Vec<Workload> {
     let mut v = catalogue(options.idle_conns);
     v.retain(|w| !options.quick || w.quick);
@@ -203,12 +242,16 @@ pub fn select(options: &Options) -> Vec<Workload> {
         v.retain(|w| options.filters.iter().any(|f| w.name.contains(f.as_str())));
     }
     if let Some(url) = &options.url {
-        let chat = url_path(url).starts_with("/chat");
+        let path = url_path(url);
+        let chat = path.starts_with("/chat");
+        let relay = path.starts_with("/relay");
+        let echo = !chat && !relay;
         let pid = options.server_pid.is_some();
         v.retain(|w| match w.kind {
-            WorkloadKind::Echo => !chat,
+            WorkloadKind::Echo => echo,
             WorkloadKind::Chat | WorkloadKind::Latency => chat,
-            WorkloadKind::MemEcho => !chat && pid,
+            WorkloadKind::Relay => relay,
+            WorkloadKind::MemEcho => echo && pid,
             WorkloadKind::MemIdle => pid,
         });
     }

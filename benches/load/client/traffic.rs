@@ -1,13 +1,14 @@
 //! What the load client sends and how it checks what comes back: echo (every
-//! connection keeps `inflight` messages out and gets each back) and chat (senders
-//! broadcast to every member of a room, as fast as a window allows or at a fixed
-//! rate); the per-message checks on receipt, and the final count of what never came.
+//! connection keeps `inflight` messages out and gets each back) and chat or relay
+//! (senders broadcast to every member of a room, as fast as a window allows or at a
+//! fixed rate); the per-message checks on receipt, and the final count of what never
+//! came.
 
 use std::time::{Duration, Instant};
 
 use super::{Client, ConnState, Mode};
 use crate::target::Protocol;
-use crate::wire::{json_str_field, push_masked_frame, OP_TEXT};
+use crate::wire::{json_str_field, json_uint_field, push_masked_frame, OP_TEXT};
 
 impl Client {
     pub(super) fn on_open(&mut self, index: usize) {
@@ -59,7 +60,9 @@ impl Client {
                     self.echo_top_up(index);
                 }
             }
-            Mode::Chat { senders, rate_hz } => {
+            Mode::Chat {
+                senders, rate_hz, ..
+            } => {
                 if rate_hz > 0.0 {
                     let period = Duration::from_secs_f64(1.0 / rate_hz);
                     // stagger the senders over one period
@@ -73,7 +76,10 @@ impl Client {
 
     /// Chat: sends what is due (at a fixed rate) or what the windows allow.
     pub(super) fn chat_top_up(&mut self) {
-        let Mode::Chat { senders, rate_hz } = self.mode else {
+        let Mode::Chat {
+            senders, rate_hz, ..
+        } = self.mode
+        else {
             return;
         };
         if !self.sending {
@@ -182,7 +188,8 @@ impl Client {
 
     fn on_chat(&mut self, index: usize, senders: usize, op: u8, payload: &[u8], now: u64) {
         if op != OP_TEXT {
-            return self.checks.protocol_error("binary frame on /chat".into());
+            let note = format!("receiver {index}: a binary frame (all were sent as text)");
+            return self.checks.protocol_error(note);
         }
         let Some(text) = self.chat_text(index, payload) else {
             return;
@@ -209,17 +216,43 @@ impl Client {
         self.record(stamp.sent_ns, now);
     }
 
-    /// The text a chat message carries: the payload itself from a raw fan-out (it
-    /// relays our own frames), the `text` of a JSON `message` from a WebSocket server;
-    /// `None` for anything else (welcome, join, leave, ...).
+    /// Whether the server passes our payloads on unchanged: a raw fan-out (it relays
+    /// our own frames, still masked) or a `/relay` room (the same payload in a server
+    /// frame); then every frame must be one of ours, checked byte for byte.
+    pub fn verbatim(&self) -> bool {
+        self.target.protocol == Protocol::RawTcp
+            || matches!(self.mode, Mode::Chat { verbatim: true, .. })
+    }
+
+    /// The text a chat message carries: the payload itself where the server passes it
+    /// on verbatim, else the `text` of a JSON `message`; `None` for anything else
+    /// (welcome, join, presence, leave, ...), whose member count and flood-control
+    /// notices are noted on the way.
     fn chat_text<'a>(&mut self, index: usize, payload: &'a [u8]) -> Option<&'a [u8]> {
-        if self.target.protocol == Protocol::RawTcp {
+        if self.verbatim() {
             return Some(payload);
         }
         let kind = json_str_field(payload, b"type", 0);
         if kind != Some(b"message".as_slice()) {
-            if kind == Some(b"welcome".as_slice()) {
-                self.conns[index].welcomed = true;
+            if self.measuring {
+                self.notices_measured += 1;
+            }
+            match kind.unwrap_or_default() {
+                b"welcome" => self.conns[index].welcomed = true,
+                b"join" | b"presence" => {
+                    self.announces = true;
+                    let online = json_uint_field(payload, b"online").unwrap_or(0);
+                    let c = &mut self.conns[index];
+                    c.online = c.online.max(online);
+                }
+                // {"type":"notice","code":"rate_limited",...}: loopchat's flood control
+                // dropped this member's message (and says so once)
+                b"notice"
+                    if json_str_field(payload, b"code", 0) == Some(b"rate_limited".as_slice()) =>
+                {
+                    self.rate_limited += 1
+                }
+                _ => {}
             }
             return None;
         }

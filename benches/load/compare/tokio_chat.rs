@@ -7,7 +7,9 @@
 //! broadcast channel. Each connection is one task that feeds everything already
 //! available and flushes once (not a write per message), as a careful user would write
 //! it. A member that lags more than the channel capacity is closed with 1008, like
-//! loopchat's --max-output.
+//! loopchat's --max-output. The bench gives it a 4 KiB read buffer (`--tokio-read-buffer`,
+//! `default` for tungstenite's own 128 KiB, zero-filled before every read). It has no
+//! relay endpoint: its /chat wraps each message in JSON, as loopchat's does.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

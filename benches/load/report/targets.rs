@@ -17,9 +17,20 @@ fn successful(aggregates: &Aggregates, kind: ServerKind) -> Option<&Aggregate> {
 }
 
 /// loopchat's messages per server-CPU-second over server `other`'s.
-fn per_cpu_ratio(aggregates: &Aggregates, other: ServerKind) -> Option<f64> {
+pub(super) fn per_cpu_ratio(aggregates: &Aggregates, other: ServerKind) -> Option<f64> {
     let loopchat = successful(aggregates, ServerKind::Loopchat)?;
     Some(loopchat.median.per_cpu / successful(aggregates, other)?.median.per_cpu)
+}
+
+/// Relay has no target of issue 5 (it came later): its ratio to the raw fan-out, which
+/// gets the very same bytes, is printed for information.
+fn relay_ratio(aggregates: &Aggregates) {
+    if let Some(r) = per_cpu_ratio(aggregates, ServerKind::RawFanout) {
+        println!(
+            "   (loopchat /relay / raw TCP fan-out deliveries per server-CPU-s: {r:.3}x; \
+             no target, the fan-out is the limit; tokio-tungstenite has no relay endpoint)"
+        );
+    }
 }
 
 impl Report {
@@ -40,6 +51,7 @@ impl Report {
         match workload.kind {
             WorkloadKind::Echo if !external => self.echo_targets(workload, aggregates),
             WorkloadKind::Chat if !external => self.chat_targets(workload, aggregates),
+            WorkloadKind::Relay if !external => relay_ratio(aggregates),
             WorkloadKind::Latency => self.latency_targets(workload, aggregates, own),
             WorkloadKind::MemEcho | WorkloadKind::MemIdle => {
                 self.memory_target(workload, aggregates, own)
