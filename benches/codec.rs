@@ -1,4 +1,4 @@
-//! Criterion microbenchmarks of loopchat's sans-IO protocol code (issue 5):
+//! Criterion microbenchmarks of loopchat's sans-IO protocol code:
 //! frame header decode/encode, unmasking, the streaming message assembler with its
 //! UTF-8 validation, and the handshake accept key.
 //!

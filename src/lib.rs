@@ -6,15 +6,19 @@
 //! | module | job |
 //! |---|---|
 //! | [`config`] | every tunable and limit, with its default and flag |
-//! | [`server`] | the event loop: poll, listener, slab of connections, timers, shutdown |
-//! | [`connection`] | one peer: socket, input, write queue, phase |
-//! | [`http`] | HTTP/1.1 requests, responses, static files |
-//! | [`handshake`] | RFC 6455 §4: the upgrade and `Sec-WebSocket-Accept` |
-//! | [`frame`] | RFC 6455 §5.2-5.3: frame headers and masking |
+//! | [`server`] | the event loop, one file per phase: accept, read, requests, WebSocket input, rooms, timers, limits, writes, closing |
+//! | [`connection`] | one peer: socket (TCP or TLS), phase, buffers, deadline |
+//! | [`output`] | a connection's write queue: shared and owned segments, gathered writes |
+//! | [`http`] | HTTP/1.1 requests, responses, routing, static files |
+//! | [`handshake`] | RFC 6455 §4: the upgrade, `Sec-WebSocket-Accept`, Origin, subprotocols |
+//! | [`session`] | RFC 6455 §5.5, §7: one peer's protocol state and closing handshake |
 //! | [`message`] | RFC 6455 §5.4-5.6, §7: fragments, UTF-8, control frames, close codes |
-//! | [`chat`] | rooms, members, notices, history |
+//! | [`frame`] | RFC 6455 §5.2-5.3: frame headers and masking |
+//! | [`chat`] | rooms, members, notices, history, presence, flood control |
+//! | [`relay`] | relay rooms: messages passed on verbatim |
+//! | [`deflate`] | RFC 7692: permessage-deflate negotiation and the loop's codec |
 //! | [`tls`] | RFC 8446/5246 for `https`/`wss`: the certificate, each connection's TLS |
-//! | [`metrics`] | counters for `GET /metrics` |
+//! | [`metrics`] | counters for `GET /metrics`, and the process figures |
 
 mod chat;
 pub mod config;

@@ -1,6 +1,6 @@
 //! From rounds to what is printed: the medians over a workload's rounds, each
 //! workload's table (and every round's line with `--verbose`), the checks against the
-//! targets of issue 5 (see [`targets`]), and the closing summary in Markdown (every
+//! performance targets (see [`targets`]), and the closing summary in Markdown (every
 //! server's figures, loopchat's ratios to the raw limit and to tokio-tungstenite, the
 //! targets).
 

@@ -1,4 +1,4 @@
-//! The targets of issue 5, checked after each workload: loopchat's messages per
+//! The performance targets, checked after each workload: loopchat's messages per
 //! server-CPU-second against the raw TCP limit and tokio-tungstenite, its p99 latency
 //! at a fixed rate, its peak memory and its memory per idle connection (with `--url`,
 //! the target server's latency and memory).
@@ -22,7 +22,7 @@ pub(super) fn per_cpu_ratio(aggregates: &Aggregates, other: ServerKind) -> Optio
     Some(loopchat.median.per_cpu / successful(aggregates, other)?.median.per_cpu)
 }
 
-/// Relay has no target of issue 5 (it came later): its ratio to the raw fan-out, which
+/// Relay has no target of its own: its ratio to the raw fan-out, which
 /// gets the very same bytes, is printed for information.
 fn relay_ratio(aggregates: &Aggregates) {
     if let Some(r) = per_cpu_ratio(aggregates, ServerKind::RawFanout) {
