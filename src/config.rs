@@ -23,8 +23,8 @@ pub struct Config {
     /// `--ping-interval`: how often each WebSocket peer is pinged; a peer that has
     /// not answered the previous ping by the next one is dropped.
     pub ping_interval: Duration,
-    /// `--max-message-size`: the largest message accepted on `/echo`, in bytes
-    /// (close 1009).
+    /// `--max-message-size`: the largest message accepted on `/echo` and
+    /// `/relay`, in bytes (close 1009).
     pub max_message_size: usize,
     /// `--max-chat-message-size`: the largest message accepted on `/chat`
     /// (close 1009): chat-sized, as a chat message is kept in history and sent
@@ -142,7 +142,8 @@ USAGE:
     loopchat [OPTIONS]
 
 Serves the chat page at http://ADDR/, the chat at ws://ADDR/chat[/ROOM]
-(?name=NICK), an echo endpoint at ws://ADDR/echo, and metrics at /metrics.
+(?name=NICK), an echo endpoint at ws://ADDR/echo, a relay (every message to
+every member, verbatim) at ws://ADDR/relay/ROOM, and metrics at /metrics.
 
 OPTIONS:
     --addr ADDR               listen address: IP:PORT, HOST:PORT (first address
@@ -152,7 +153,8 @@ OPTIONS:
     --log-level LEVEL         off|error|warn|info|debug|trace [default: info, or RUST_LOG]
     --ping-interval DUR       ping every peer this often; no pong by the next ping
                               drops it [default: 30s]
-    --max-message-size SIZE   largest message on /echo; larger gets close 1009 [default: 1MiB]
+    --max-message-size SIZE   largest message on /echo and /relay; larger gets close
+                              1009 [default: 1MiB]
     --max-chat-message-size SIZE
                               largest message on /chat; larger gets close 1009 [default: 64KiB]
     --input-budget SIZE       bytes held for unfinished messages over all connections;
