@@ -80,38 +80,38 @@ impl Server {
             self.peer(key),
             self.config.input_budget
         );
-        self.input_held = self.input_held.saturating_sub(held);
-        let Some((conn, mut outbox)) = self.connection_and_outbox(key) else {
-            return;
-        };
-        let Phase::WebSocket(ws) = &mut conn.phase else {
-            return;
-        };
-        if ws.session.discard_input() {
-            let reason = "server busy: too much unfinished input, try again later";
-            push_close(conn, key, CloseCode::TRY_AGAIN_LATER, reason, &mut outbox);
-        }
-        self.leave_room(key); // rooms.rs
-        self.close_after_flush(key); // closing.rs
+        let reason = "server busy: too much unfinished input, try again later";
+        self.fail_for_input(key, CloseCode::TRY_AGAIN_LATER, reason);
     }
 
     /// A message started and did not finish in time: close 1008.
     pub(super) fn message_timed_out(&mut self, key: usize) {
         self.metrics.message_timeouts += 1;
+        warn!(
+            "{} [{key}] closed with 1008: a message did not arrive in time (--message-timeout, --message-min-rate)",
+            self.peer(key)
+        );
+        let reason = "message not finished in time";
+        self.fail_for_input(key, CloseCode::POLICY_VIOLATION, reason);
+    }
+
+    /// Fails connection `key` for what it sent (or has not finished sending):
+    /// its input is given up and its buffers freed at once, it gets our close
+    /// frame with `code` unless one was sent already, it leaves its room, and
+    /// TCP closes once the frame is out.
+    fn fail_for_input(&mut self, key: usize, code: CloseCode, reason: &str) {
         self.forget_input(key);
         let Some((conn, mut outbox)) = self.connection_and_outbox(key) else {
             return;
         };
-        warn!("{} [{key}] closed with 1008: a message did not arrive in time (--message-timeout, --message-min-rate)", conn.peer);
         let Phase::WebSocket(ws) = &mut conn.phase else {
             return;
         };
         if ws.session.discard_input() {
-            let reason = "message not finished in time";
-            push_close(conn, key, CloseCode::POLICY_VIOLATION, reason, &mut outbox);
+            push_close(conn, key, code, reason, &mut outbox);
         }
-        self.leave_room(key);
-        self.close_after_flush(key);
+        self.leave_room(key); // rooms.rs
+        self.close_after_flush(key); // closing.rs
     }
 
     /// Whether one more connection from `ip` passes `--max-connections-per-ip`;
