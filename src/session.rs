@@ -163,8 +163,9 @@ impl Session {
     }
 
     /// Called after each read of `len` bytes, once they were all taken: starts,
-    /// extends or clears the deadline of the message in progress.
-    pub fn after_input(&mut self, now: Instant, len: usize, pace: MessagePace) {
+    /// extends or clears the deadline of the message in progress. `clock` is
+    /// read only when a message starts, not on every read.
+    pub fn after_input(&mut self, clock: impl FnOnce() -> Instant, len: usize, pace: MessagePace) {
         if !self.receiver.in_message() {
             self.message_deadline = None;
             return;
@@ -174,7 +175,7 @@ impl Session {
             rate => Duration::from_secs_f64(len as f64 / rate as f64),
         };
         self.message_deadline = Some(match self.message_deadline {
-            None => now + pace.grace + extension,
+            None => clock() + pace.grace + extension,
             Some(deadline) => deadline + extension,
         });
     }
@@ -410,7 +411,7 @@ mod tests {
         let mut now = start;
         for byte in &frame[..50] {
             feed(&mut session, vec![*byte]);
-            session.after_input(now, 1, PACE);
+            session.after_input(|| now, 1, PACE);
             now += Duration::from_secs(1);
             assert_eq!(
                 session.on_tick(now - Duration::from_millis(1), PING_INTERVAL)
@@ -428,12 +429,12 @@ mod tests {
         frame.extend_from_slice(&(1_000_000u64).to_be_bytes());
         frame.extend_from_slice(&MASK);
         assert!(feed(&mut session, frame).is_empty());
-        session.after_input(start, 14, PACE);
+        session.after_input(|| start, 14, PACE);
         // 2,000 bytes a second against a minimum of 1,000: never late.
         for second in 1..60 {
             assert!(feed(&mut session, vec![0; 2000]).is_empty());
             let now = start + Duration::from_secs(second);
-            session.after_input(now, 2000, PACE);
+            session.after_input(|| now, 2000, PACE);
             assert_ne!(
                 session.on_tick(now, PING_INTERVAL * 10),
                 Tick::MessageTimeout
@@ -446,9 +447,9 @@ mod tests {
         let (mut session, start) = open_session();
         let frame = client_frame(0x1, b"hello");
         feed(&mut session, frame[..3].to_vec());
-        session.after_input(start, 3, PACE);
+        session.after_input(|| start, 3, PACE);
         feed(&mut session, frame[3..].to_vec());
-        session.after_input(start, frame.len() - 3, PACE);
+        session.after_input(|| start, frame.len() - 3, PACE);
         let late = start + Duration::from_secs(20);
         assert_ne!(session.on_tick(late, PING_INTERVAL), Tick::MessageTimeout);
     }

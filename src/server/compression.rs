@@ -172,12 +172,9 @@ impl Deflate {
             return plain;
         }
         let made = compressed.get_or_insert_with(|| {
-            let smaller = self.compress_reply(
-                Some(Agreement {
-                    server_window_bits: 15,
-                }),
-                payload,
-            )?;
+            // The full window: members with a smaller one get it only when the
+            // message fits theirs (`shared_frame_fits`).
+            let smaller = self.compress(payload, 15)?;
             let mut out = Vec::with_capacity(smaller.len() + frame::MAX_HEADER_LEN);
             let opcode = frame::server_opcode(plain).unwrap_or(OpCode::Text);
             frame::encode_compressed_frame(&mut out, opcode, smaller);

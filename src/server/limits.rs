@@ -38,7 +38,7 @@ impl Server {
             return;
         };
         if let Phase::WebSocket(ws) = &mut conn.phase {
-            ws.session.after_input(Instant::now(), len, pace);
+            ws.session.after_input(Instant::now, len, pace);
         }
         let held_after = input_held_by(conn);
         self.input_held = self.input_held.saturating_sub(held_before) + held_after;

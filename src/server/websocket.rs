@@ -265,7 +265,7 @@ fn on_message<'a>(
                 return Taken::Nothing;
             }
             let rate = config.max_message_rate;
-            match pace.admit(Instant::now(), rate) {
+            match pace.admit(Instant::now, rate) {
                 Admit::Yes => {}
                 Admit::DropWithNotice => {
                     metrics.messages_rate_limited += 1;
