@@ -148,49 +148,12 @@ fn stop(child: &mut Child) {
 
 #[test]
 fn chat_page_in_chromium() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dir = root.join("tests/browser");
-    let chromium =
-        PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
-
-    if let Some(reason) = missing_prerequisite(&dir, &chromium) {
-        let fix = "run `bash tests/browser/setup.sh` to enable it";
-        skip::skip("chat_page_in_chromium", &reason, fix);
-        return;
-    }
-
-    let mut command = Command::new("node");
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    let mut node = Command::new("node");
     // A second pass over https and wss, with a certificate made here (rcgen).
     #[cfg(feature = "tls")]
-    let _tls_files = tls_pass_certificate(&mut command);
-    let mut child = command
-        .arg(dir.join("chat.test.mjs"))
-        .current_dir(&root)
-        .env("LOOPCHAT_BIN", env!("CARGO_BIN_EXE_loopchat"))
-        .env("CHROMIUM", &chromium)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("failed to start node");
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-
-    let status = wait_bounded(&mut child, TIMEOUT);
-
-    let (out, err) = (
-        stdout.join().unwrap_or_default(),
-        stderr.join().unwrap_or_default(),
-    );
-    println!("{out}");
-    eprintln!("{err}");
-    match status {
-        None => panic!("browser test killed after {} s", TIMEOUT.as_secs()),
-        Some(status) => assert!(
-            status.success(),
-            "browser test failed ({status}); output above"
-        ),
-    }
+    let _tls_files = tls_pass_certificate(&mut node);
+    run_browser_script("chat_page_in_chromium", "chat.test.mjs", TIMEOUT, node);
 }
 
 /// Bound on `page.test.mjs`, which starts two servers and runs its tests one
@@ -203,13 +166,20 @@ const PAGE_TIMEOUT: Duration = Duration::from_secs(180);
 /// layout. The script starts its own servers with the flags it needs.
 #[test]
 fn page_features_in_chromium() {
-    run_browser_script("page_features_in_chromium", "page.test.mjs", PAGE_TIMEOUT);
+    let node = Command::new("node");
+    run_browser_script(
+        "page_features_in_chromium",
+        "page.test.mjs",
+        PAGE_TIMEOUT,
+        node,
+    );
 }
 
-/// Runs `tests/browser/<script>` with node against this build's server binary,
-/// skipping (or failing under `CI=true`) as `chat_page_in_chromium` does when a
-/// prerequisite is missing.
-fn run_browser_script(test: &str, script: &str, timeout: Duration) {
+/// Runs `tests/browser/<script>` with `node` (a `node` command the caller may
+/// have given more environment) against this build's server binary, within
+/// `timeout`; skips it, or fails it under `CI=true`, when a prerequisite is
+/// missing.
+fn run_browser_script(test: &str, script: &str, timeout: Duration, mut node: Command) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join("tests/browser");
     let chromium =
@@ -224,7 +194,7 @@ fn run_browser_script(test: &str, script: &str, timeout: Duration) {
         return;
     }
 
-    let mut child = Command::new("node")
+    let mut child = node
         .arg(dir.join(script))
         .current_dir(&root)
         .env("LOOPCHAT_BIN", env!("CARGO_BIN_EXE_loopchat"))

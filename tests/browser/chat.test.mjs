@@ -23,11 +23,10 @@
 
 import { spawn } from 'node:child_process';
 import { mkdirSync, copyFileSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
-import { chromium } from 'playwright-core';
+import { canConnect, freePort, launchChromium, sleep } from './harness.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, '..', '..');
@@ -47,28 +46,6 @@ if (!BIN) {
 // ---------------------------------------------------------------- server ----
 let server = null;            // { child, output: string[], exited: Promise }
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-function canConnect(port) {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: '127.0.0.1', port });
-    const done = (ok) => { s.destroy(); resolve(ok); };
-    s.once('connect', () => done(true));
-    s.once('error', () => done(false));
-    s.setTimeout(500, () => done(false));
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function startServer(port, args = []) {
   // The port was just freed (or the previous server just died), so retry a
@@ -463,18 +440,10 @@ async function tlsPass() {
   await stopServer();
   const port = await freePort();
   await startServer(port, ['--tls-cert', cert, '--tls-key', key]);
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: process.env.HEADED !== '1',
-    timeout: 20_000,
-    args: [
-      ...(process.env.HEADED === '1' ? [] : ['--headless']),
-      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      // The certificate was made by the test: this pass only.
-      '--ignore-certificate-errors',
-    ],
-  });
+  const browser = await launchChromium(CHROMIUM, [
+    // The certificate was made by the test: this pass only.
+    '--ignore-certificate-errors',
+  ]);
   try {
     await tlsScenario(browser, port);
   } finally {
@@ -486,16 +455,7 @@ async function tlsPass() {
 async function main() {
   const port = await freePort();
   await startServer(port);
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: process.env.HEADED !== '1',
-    timeout: 20_000,
-    args: [
-      ...(process.env.HEADED === '1' ? [] : ['--headless']),
-      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
-  });
+  const browser = await launchChromium(CHROMIUM);
   log(`chromium ${browser.version()}`);
   try {
     await scenario(browser, port);

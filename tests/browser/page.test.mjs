@@ -21,11 +21,10 @@
 
 import { spawn } from 'node:child_process';
 import { mkdirSync, copyFileSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
-import { chromium } from 'playwright-core';
+import { canConnect, freePort, launchChromium, sleep } from './harness.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, '..', '..');
@@ -45,28 +44,6 @@ if (!BIN) {
 // --------------------------------------------------------------- servers ----
 const servers = new Set();    // running { child, output, exited }
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-function canConnect(port) {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: '127.0.0.1', port });
-    const done = (ok) => { s.destroy(); resolve(ok); };
-    s.once('connect', () => done(true));
-    s.once('error', () => done(false));
-    s.setTimeout(500, () => done(false));
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /// Starts the server with `args` on a free loopback port; returns its base URL.
 async function startServer(args) {
@@ -670,16 +647,7 @@ async function main() {
   // small: a flood limit of 1/s and member lists only up to 1 member.
   const big = await startServer(['--max-chat-message-size', '1KiB']);
   const small = await startServer(['--max-message-rate', '1', '--member-list-limit', '1']);
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: process.env.HEADED !== '1',
-    timeout: 20_000,
-    args: [
-      ...(process.env.HEADED === '1' ? [] : ['--headless']),
-      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
-  });
+  const browser = await launchChromium(CHROMIUM);
   log(`chromium ${browser.version()}`);
   const failed = [];
   try {
