@@ -106,32 +106,25 @@ pub fn parse_header(b: &[u8]) -> Option<FrameHeader> {
 /// bytes (escapes left in). With `expect_len` > 0, a value of exactly that length is
 /// taken without scanning it.
 pub fn json_str_field<'a>(h: &'a [u8], key: &[u8], expect_len: usize) -> Option<&'a [u8]> {
-    let mut from = 0;
-    while from + key.len() + 2 <= h.len() {
-        let rel = h[from..]
-            .windows(key.len() + 2)
-            .position(|w| w[0] == b'"' && w[w.len() - 1] == b'"' && &w[1..w.len() - 1] == key)?;
-        let mut i = from + rel + key.len() + 2;
-        while i < h.len() && h[i] == b' ' {
-            i += 1;
-        }
-        if i < h.len() && h[i] == b':' {
-            i += 1;
-            while i < h.len() && h[i] == b' ' {
-                i += 1;
-            }
-            if i < h.len() && h[i] == b'"' {
-                return Some(json_string_at(h, i + 1, expect_len));
-            }
-        }
-        from = from + rel + 1;
-    }
-    None
+    json_field(h, key, |i| {
+        (h[i] == b'"').then(|| json_string_at(h, i + 1, expect_len))
+    })
 }
 
 /// A minimal JSON whole-number field lookup: `"key" : 123` -> 123; `None` if the key
 /// is not there with a number (a string value named so is skipped, as above).
 pub fn json_uint_field(h: &[u8], key: &[u8]) -> Option<u64> {
+    json_field(h, key, |i| {
+        let digits = h[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+        (digits > 0)
+            .then(|| std::str::from_utf8(&h[i..i + digits]).ok()?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Finds each `"key" :` in `h` in turn and gives `value` the index of the value's
+/// first byte; the first `Some` it returns is the answer.
+fn json_field<T>(h: &[u8], key: &[u8], value: impl Fn(usize) -> Option<T>) -> Option<T> {
     let mut from = 0;
     while from + key.len() + 2 <= h.len() {
         let rel = h[from..]
@@ -146,9 +139,10 @@ pub fn json_uint_field(h: &[u8], key: &[u8]) -> Option<u64> {
             while i < h.len() && h[i] == b' ' {
                 i += 1;
             }
-            let digits = h[i..].iter().take_while(|b| b.is_ascii_digit()).count();
-            if digits > 0 {
-                return std::str::from_utf8(&h[i..i + digits]).ok()?.parse().ok();
+            if i < h.len() {
+                if let Some(found) = value(i) {
+                    return Some(found);
+                }
             }
         }
         from = from + rel + 1;
