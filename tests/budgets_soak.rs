@@ -513,17 +513,6 @@ fn connections_that_fit(wanted: usize) -> usize {
     fit
 }
 
-/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in {path}"))
-}
-
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -693,7 +682,7 @@ fn two_thousand_held_messages_fit_the_input_budget_and_rss_stays_under_128_mb() 
     );
     let rss_end = fleet.sample_rss_now();
     let peak_sampled = fleet.peak_rss_kib;
-    let hwm = status_kib(pid, "VmHWM");
+    let hwm = proc_status_kib(Some(pid), "VmHWM");
 
     println!(
         "budgets soak (input): {target} connections each sent 1 MiB less a byte (sent in \
@@ -799,7 +788,7 @@ fn four_thousand_rooms_past_their_history_limits_fit_the_history_budget_under_10
     let history_bytes = metric_in(&page, HISTORY_HELD);
     let rss_end = fleet.sample_rss_now();
     let peak_sampled = fleet.peak_rss_kib;
-    let hwm = status_kib(pid, "VmHWM");
+    let hwm = proc_status_kib(Some(pid), "VmHWM");
     println!(
         "budgets soak (history): {target} one-member rooms, {MESSAGES} messages of ~1,000 \
          bytes each, all back in order ({:.1} s); history kept {:.1} MiB (budget {} MiB); \

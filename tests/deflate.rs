@@ -590,17 +590,6 @@ fn a_bomb_over_many_continuation_frames_is_1009() {
     });
 }
 
-/// `field` (e.g. `VmRSS`, `VmHWM`) of `/proc/{pid}/status`, in KiB.
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in {path}"))
-}
-
 #[test]
 fn a_bomb_costs_the_server_less_than_1_mib() {
     // The binary in a child process, so its memory is its own.
@@ -618,7 +607,10 @@ fn a_bomb_costs_the_server_less_than_1_mib() {
         raw.expect_close_then_eof(1000);
     }
     wait_until_empty(addr, Duration::from_secs(5)).unwrap();
-    let (rss_before, peak_before) = (proc_status_kib(pid, "VmRSS"), proc_status_kib(pid, "VmHWM"));
+    let (rss_before, peak_before) = (
+        proc_status_kib(Some(pid), "VmRSS"),
+        proc_status_kib(Some(pid), "VmHWM"),
+    );
 
     // Three bombs, one after the other, and one spread over fragments.
     for _ in 0..3 {
@@ -640,7 +632,10 @@ fn a_bomb_costs_the_server_less_than_1_mib() {
     drop(raw); // the server waits for our end of TCP before it forgets the connection
     wait_until_empty(addr, Duration::from_secs(5)).unwrap();
 
-    let (rss_after, peak_after) = (proc_status_kib(pid, "VmRSS"), proc_status_kib(pid, "VmHWM"));
+    let (rss_after, peak_after) = (
+        proc_status_kib(Some(pid), "VmRSS"),
+        proc_status_kib(Some(pid), "VmHWM"),
+    );
     eprintln!(
         "server memory around 4 bombs of 16 MiB each: VmRSS {rss_before} -> {rss_after} KiB, \
          VmHWM {peak_before} -> {peak_after} KiB"

@@ -17,18 +17,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 use tungstenite::Message;
 
-/// The next chat message's text on a wss member, skipping notices.
-fn next_chat_text(ws: &mut Wss) -> String {
-    loop {
-        match ws.read().expect("a frame") {
-            Message::Text(json) if json_field(&json, "type") == Some("message") => {
-                return json_field(&json, "text").expect("text").to_string()
-            }
-            _ => continue,
-        }
-    }
-}
-
 /// Reads a wss member's frames until the notice of `kind` ("join", "leave")
 /// about `name`.
 fn expect_notice(ws: &mut Wss, kind: &str, name: &str) {

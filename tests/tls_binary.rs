@@ -16,18 +16,6 @@ use tungstenite::Message;
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The next chat message's text on a wss member, skipping notices.
-fn next_chat_text(ws: &mut Wss) -> String {
-    loop {
-        match ws.read().expect("a frame") {
-            Message::Text(json) if json_field(&json, "type") == Some("message") => {
-                return json_field(&json, "text").expect("text").to_string()
-            }
-            _ => continue,
-        }
-    }
-}
-
 /// `ann` says `text`; both hear it.
 fn chat(from: &mut Wss, to: &mut Wss, text: &str) {
     from.send(Message::text(text)).unwrap();

@@ -572,6 +572,12 @@ pub fn wait_until_empty(addr: SocketAddr, timeout: Duration) -> Result<(), Strin
 
 /// Resident memory in KiB (`VmRSS`) of process `pid`, or of this process.
 pub fn rss_kib(pid: Option<u32>) -> u64 {
+    proc_status_kib(pid, "VmRSS")
+}
+
+/// `field` (`VmRSS`, `VmHWM`, ...) of `/proc/PID/status` (this process's for
+/// `None`), in KiB.
+pub fn proc_status_kib(pid: Option<u32>, field: &str) -> u64 {
     let path = match pid {
         Some(pid) => format!("/proc/{pid}/status"),
         None => "/proc/self/status".to_string(),
@@ -579,9 +585,9 @@ pub fn rss_kib(pid: Option<u32>) -> u64 {
     let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in {path}"))
+        .unwrap_or_else(|| panic!("no {field} in {path}"))
 }
 
 /// The raw value of `"field":` in a flat JSON object such as a chat frame: the

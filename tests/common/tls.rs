@@ -3,7 +3,7 @@
 //! rustls client that trusts exactly the certificates a test names, and https
 //! and wss clients over it. Every read has the common `READ_TIMEOUT`.
 
-use super::{upgrade_request, READ_TIMEOUT};
+use super::{json_field, upgrade_request, READ_TIMEOUT};
 use loopchat::Config;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -217,4 +217,16 @@ pub fn https_metric(addr: SocketAddr, config: &Arc<ClientConfig>, name: &str) ->
 /// The upgrade request of the common helpers, to send over TLS by hand.
 pub fn upgrade(path: &str) -> String {
     upgrade_request(path, "")
+}
+
+/// The next chat message's text on a wss member, skipping notices.
+pub fn next_chat_text(ws: &mut Wss) -> String {
+    loop {
+        match ws.read().expect("a frame") {
+            tungstenite::Message::Text(json) if json_field(&json, "type") == Some("message") => {
+                return json_field(&json, "text").expect("text").to_string()
+            }
+            _ => continue,
+        }
+    }
 }
