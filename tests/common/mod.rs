@@ -10,6 +10,12 @@
 
 use loopchat::{Config, RunningServer, ServerHandle};
 
+/// `loopchat` processes (cluster nodes) and a blocking chat client for them.
+pub mod node;
+/// A TCP proxy that stalls (blackhole) or closes (reset) the links through it.
+pub mod proxy;
+/// A `redis-server` of the test's own (cluster tests), and a minimal RESP client.
+pub mod redis;
 /// https and wss clients, and certificates made at test time.
 #[cfg(feature = "tls")]
 pub mod tls;
