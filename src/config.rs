@@ -6,6 +6,7 @@
 //! the close code or HTTP status of the RFC that governs it; see the README's table.
 
 use crate::handshake;
+use crate::redis_url::RedisUrl;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -95,6 +96,21 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`: PEM private key of `--tls-cert` (certbot's `privkey.pem`).
     pub tls_key: Option<PathBuf>,
+    /// `--redis`: make this process a node of the cluster that shares this
+    /// Redis (rooms, order, counts and history over every node).
+    pub redis: Option<RedisUrl>,
+    /// `--reuse-port`: listen with SO_REUSEPORT, so that several processes
+    /// (nodes) share one address and the kernel spreads connections over them.
+    pub reuse_port: bool,
+    /// `--presence-ttl`: how long a node's members stay counted without its
+    /// refresh (every third of it); a dead node's members leave after this.
+    pub presence_ttl: Duration,
+    /// `--redis-ping`: how often the node pings Redis on both connections; no
+    /// answer within three intervals drops the link.
+    pub redis_ping: Duration,
+    /// `--redis-max-queue`: bytes waiting to go to Redis, or from it for rooms
+    /// being synchronised, beyond which the link is dropped and rebuilt.
+    pub redis_max_queue: usize,
 }
 
 impl Default for Config {
@@ -130,6 +146,11 @@ impl Default for Config {
             deflate_level: 2,
             tls_cert: None,
             tls_key: None,
+            redis: None,
+            reuse_port: false,
+            presence_ttl: Duration::from_secs(30),
+            redis_ping: Duration::from_secs(1),
+            redis_max_queue: 16 << 20,
         }
     }
 }
@@ -200,6 +221,18 @@ OPTIONS:
                               fullchain.pem): serve https:// and wss:// on --addr;
                               SIGHUP reloads it [default: plain http:// and ws://]
     --tls-key FILE            PEM private key of --tls-cert (certbot's privkey.pem)
+    --redis URL               be one node of a cluster sharing this Redis:
+                              redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]; rooms,
+                              their order, counts and history span every node
+                              [default: none, a single server]
+    --reuse-port              listen with SO_REUSEPORT: run one process per core
+                              on the same --addr, each with the same --redis
+    --presence-ttl DUR        a node's members stay counted this long without its
+                              refresh; a dead node's members leave after it [default: 30s]
+    --redis-ping DUR          ping Redis this often; no answer in 3 pings drops the
+                              link, which is rebuilt [default: 1s]
+    --redis-max-queue SIZE    bytes waiting to go to Redis before the link is
+                              dropped and rebuilt [default: 16MiB]
     -h, --help                print this help
     -V, --version             print the version
 
@@ -365,6 +398,16 @@ fn set_flag(
         }
         "--tls-cert" => config.tls_cert = Some(PathBuf::from(value()?)),
         "--tls-key" => config.tls_key = Some(PathBuf::from(value()?)),
+        "--redis" if !cfg!(feature = "redis") => {
+            return Err(with_flag(
+                "this loopchat was built without the `redis` feature".into(),
+            ))
+        }
+        "--redis" => config.redis = Some(RedisUrl::parse(&value()?).map_err(with_flag)?),
+        "--reuse-port" => config.reuse_port = true,
+        "--presence-ttl" => config.presence_ttl = duration(&value()?).map_err(with_flag)?,
+        "--redis-ping" => config.redis_ping = duration(&value()?).map_err(with_flag)?,
+        "--redis-max-queue" => config.redis_max_queue = size(&value()?).map_err(with_flag)?,
         _ => return Err(format!("unknown option {flag:?}")),
     }
     Ok(())

@@ -18,9 +18,13 @@
 //! | `relay` | relay rooms: messages passed on verbatim |
 //! | `deflate` | RFC 7692: permessage-deflate negotiation and the loop's codec |
 //! | `tls` | RFC 8446/5246 for `https`/`wss`: the certificate, each connection's TLS |
+//! | `cluster` | rooms across processes through Redis: RESP2, the link, the Lua scripts, the envelope |
+//! | [`redis_url`] | `--redis redis://...` |
 //! | `metrics` | counters for `GET /metrics`, and the process figures |
 
 mod chat;
+#[cfg(feature = "redis")]
+mod cluster;
 pub mod config;
 mod connection;
 mod deflate;
@@ -30,6 +34,7 @@ mod http;
 pub mod message;
 mod metrics;
 mod output;
+pub mod redis_url;
 mod relay;
 mod server;
 mod session;

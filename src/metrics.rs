@@ -86,6 +86,60 @@ pub struct Gauges {
     /// Messages compressed (at most one per broadcast) and inflated, so far.
     pub compress_calls: u64,
     pub inflate_calls: u64,
+    /// The link to the cluster's Redis, when `--redis` is given.
+    pub cluster: Option<ClusterFigures>,
+}
+
+/// The cluster link's state and counters (`--redis`), for `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClusterFigures {
+    pub link_up: bool,
+    /// Times the link came up after the first (reconnects).
+    pub reconnects: u64,
+    pub link_failures: u64,
+    /// Messages, renames sent to Redis; room events received from it.
+    pub posts: u64,
+    pub events_received: u64,
+    pub gaps_detected: u64,
+    pub gaps_repaired: u64,
+    pub gaps_unrepaired: u64,
+    /// Messages delivered on this node only, because the link was down.
+    pub island_messages: u64,
+    /// Replies from Redis that were errors, of an unexpected type or malformed.
+    pub bad_replies: u64,
+    /// Commands sent and writes made to Redis (their ratio: commands per write).
+    pub commands: u64,
+    pub writes: u64,
+}
+
+impl ClusterFigures {
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP loopchat_cluster_link_up 1 when both connections to Redis are up.\n\
+             # TYPE loopchat_cluster_link_up gauge\nloopchat_cluster_link_up {}",
+            u8::from(self.link_up)
+        );
+        let counters = [
+            ("cluster_reconnects_total", "Times the link to Redis came back after a loss.", self.reconnects),
+            ("cluster_link_failures_total", "Times the link to Redis was lost or could not be made.", self.link_failures),
+            ("cluster_posts_total", "Messages and renames sent to Redis.", self.posts),
+            ("cluster_events_received_total", "Room events received from Redis.", self.events_received),
+            ("cluster_gaps_detected_total", "Gaps found in a room's sequence numbers.", self.gaps_detected),
+            ("cluster_gaps_repaired_total", "Gaps filled entirely from the room's history in Redis.", self.gaps_repaired),
+            ("cluster_gaps_unrepaired_total", "Gaps that could not be filled (notices, past the history, or Redis lost the room).", self.gaps_unrepaired),
+            ("cluster_island_messages_total", "Messages delivered on this node only, while the link was down.", self.island_messages),
+            ("cluster_bad_replies_total", "Replies from Redis that were errors, unexpected or malformed.", self.bad_replies),
+            ("cluster_commands_total", "Commands sent to Redis.", self.commands),
+            ("cluster_writes_total", "Writes to Redis (commands per write: batching).", self.writes),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP loopchat_{name} {help}\n# TYPE loopchat_{name} counter\nloopchat_{name} {value}"
+            );
+        }
+    }
 }
 
 impl Metrics {
@@ -324,6 +378,9 @@ impl Metrics {
              loopchat_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         );
+        if let Some(cluster) = &gauges.cluster {
+            cluster.render(&mut out);
+        }
         process.render(&mut out);
         out
     }

@@ -3,15 +3,17 @@
 //! recipients share. The server alone writes `type`, `id` and `from`; a
 //! client's text only ever appears escaped inside `"text"`.
 
-use super::{ChatLimits, Member, Room, SharedFrame};
+use super::{ChatLimits, Member, SharedFrame};
 use crate::frame::{self, OpCode};
 use std::fmt::Write;
+use std::rc::Rc;
 
 /// The welcome: who the newcomer is, the room, its count, who is in it (when
 /// the room is small enough to list), and the limits a page should know.
 pub(super) fn welcome_frame(
     room_name: &str,
-    room: &Room,
+    online: usize,
+    people: Option<&[(u64, Rc<str>)]>,
     member: &Member,
     limits: &ChatLimits,
 ) -> SharedFrame {
@@ -20,10 +22,10 @@ pub(super) fn welcome_frame(
     push_json_string(&mut json, &member.name);
     json.push_str(",\"room\":");
     push_json_string(&mut json, room_name);
-    let _ = write!(json, ",\"online\":{},\"members\":", room.members.len());
-    if room.people.len() <= limits.member_list {
+    let _ = write!(json, ",\"online\":{online},\"members\":");
+    if let Some(people) = people.filter(|p| p.len() <= limits.member_list) {
         json.push('[');
-        for (i, (id, name)) in room.people.iter().enumerate() {
+        for (i, (id, name)) in people.iter().enumerate() {
             let comma = if i > 0 { "," } else { "" };
             let _ = write!(json, "{comma}{{\"id\":{id},\"name\":");
             push_json_string(&mut json, name);

@@ -10,10 +10,14 @@
 //! `id` and `from`, so a client cannot pass its words off as a notice or as someone
 //! else's.
 
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+mod cluster;
 mod flood;
 mod frames;
 mod presence;
 
+#[cfg_attr(not(feature = "redis"), allow(unused_imports))]
+pub use cluster::Notice;
 pub use flood::{Admit, Pace};
 pub use frames::{message_frame, notice_to_member, push_json_string, text_frame};
 use frames::{notice_frame, welcome_frame};
@@ -107,6 +111,15 @@ struct Room {
     active_at: u64,
     /// A big room's joins and leaves not yet announced (`presence.rs`).
     presence: Presence,
+    /// The room's count over the cluster, when this node is part of one and
+    /// linked (`cluster.rs`); else the count is `members.len()`.
+    cluster_online: Option<usize>,
+}
+
+impl Room {
+    fn online(&self) -> usize {
+        self.cluster_online.unwrap_or(self.members.len())
+    }
 }
 
 /// Every room and its members.
@@ -165,7 +178,7 @@ impl Chat {
         room.members.push(member.key);
         room.people.push((member.id, Rc::clone(&member.name)));
         let online = room.members.len();
-        let welcome = welcome_frame(room_name, room, member, &self.limits);
+        let welcome = welcome_frame(room_name, online, Some(&room.people), member, &self.limits);
         // While announcements are pending, later ones wait too, to keep their order.
         let notice = if online > self.limits.member_list || !room.presence.is_empty() {
             if room.presence.is_empty() {
@@ -265,7 +278,7 @@ impl Chat {
                 room.presence = Presence::default();
                 continue;
             }
-            let notice = room.presence.take_notice(room.members.len(), now_ms);
+            let notice = room.presence.take_notice(room.online(), now_ms);
             let room = self.rooms.get(&name)?;
             return Some((notice, &room.members));
         }
@@ -283,13 +296,8 @@ impl Chat {
         let room = self.rooms.get_mut(room_name)?;
         let index = room.members.iter().position(|&k| k == member.key)?;
         room.people[index].1 = Rc::clone(name);
-        let mut json = format!("{{\"type\":\"rename\",\"id\":{},\"from\":", member.id);
-        push_json_string(&mut json, &member.name);
-        json.push_str(",\"name\":");
-        push_json_string(&mut json, name);
-        let _ = write!(json, ",\"ts\":{now_ms}}}");
         Some(Renamed {
-            notice: text_frame(&json),
+            notice: text_frame(&rename_json(member, name, now_ms)),
             members: &room.members,
         })
     }
@@ -326,6 +334,16 @@ impl Chat {
             members: &room.members,
         })
     }
+}
+
+/// The rename notice's JSON: `member` (under its old name) is now `name`.
+pub fn rename_json(member: &Member, name: &str, now_ms: u64) -> String {
+    let mut json = format!("{{\"type\":\"rename\",\"id\":{},\"from\":", member.id);
+    push_json_string(&mut json, &member.name);
+    json.push_str(",\"name\":");
+    push_json_string(&mut json, name);
+    let _ = write!(json, ",\"ts\":{now_ms}}}");
+    json
 }
 
 /// What a rename sends: `notice` to every member of the room.

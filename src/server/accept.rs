@@ -160,3 +160,25 @@ pub(super) fn raise_fd_limit() -> Option<u64> {
     }
     getrlimit(Resource::Nofile).current
 }
+
+/// The listening socket: plain, or with `--reuse-port` shared by every
+/// process that binds the same address with SO_REUSEPORT (Linux 3.9: the
+/// kernel spreads new connections over them), so that K nodes use K cores.
+/// Made with `rustix` (socket, options, bind, listen), no `unsafe`.
+pub(super) fn listen(config: &Config) -> io::Result<mio::net::TcpListener> {
+    if !config.reuse_port {
+        return mio::net::TcpListener::bind(config.addr);
+    }
+    use rustix::net::{sockopt, AddressFamily, SocketFlags, SocketType};
+    let family = match config.addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+    let socket = rustix::net::socket_with(family, SocketType::STREAM, flags, None)?;
+    sockopt::set_socket_reuseaddr(&socket, true)?;
+    sockopt::set_socket_reuseport(&socket, true)?;
+    rustix::net::bind(&socket, &config.addr)?;
+    rustix::net::listen(&socket, 1024)?; // mio's backlog too
+    Ok(mio::net::TcpListener::from_std(socket.into()))
+}

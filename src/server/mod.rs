@@ -21,6 +21,7 @@
 
 mod accept;
 mod closing;
+mod cluster;
 mod compression;
 mod handle;
 mod limits;
@@ -115,6 +116,9 @@ pub struct Server {
     next_tick: Instant,
     /// Set once shutdown begins: when the loop must end at the latest.
     shutdown_deadline: Option<Instant>,
+    /// The link to the cluster's Redis (`--redis`, `cluster.rs`).
+    #[cfg(feature = "redis")]
+    redis: Option<cluster::RedisLink>,
 }
 
 impl Server {
@@ -134,13 +138,15 @@ impl Server {
         let fd_limit = accept::raise_fd_limit();
         let max_connections = accept::connection_limit(&config, fd_limit);
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.addr)?;
+        let mut listener = accept::listen(&config)?;
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let tick = timers::tick_interval(&config);
         let tls = tls::Tls::new(&config, identity);
+        #[cfg(feature = "redis")]
+        let redis = cluster::RedisLink::from_config(&config)?;
         info!(
             "listening on {}://{local_addr} (open-files limit {}, up to {max_connections} connections)",
             if tls.is_some() { "https" } else { "http" },
@@ -188,6 +194,8 @@ impl Server {
             tick,
             next_tick: Instant::now() + tick,
             shutdown_deadline: None,
+            #[cfg(feature = "redis")]
+            redis,
         })
     }
 
@@ -215,6 +223,7 @@ impl Server {
             if Instant::now() >= self.next_tick {
                 self.run_timers(); // timers.rs
             }
+            self.exchange_with_redis(); // cluster.rs
             self.close_slow_readers(); // closing.rs
             for outcome in self.flush_pending_writes() {
                 self.on_flushed(outcome); // writes.rs
@@ -234,6 +243,10 @@ impl Server {
             WAKER if self.stop.load(Ordering::SeqCst) => self.begin_shutdown("stop requested"),
             WAKER => {}
             SIGNALS => self.read_signals(),
+            #[cfg(feature = "redis")]
+            cluster::REDIS_CMD => self.on_redis_ready(crate::cluster::Conn::Cmd, event),
+            #[cfg(feature = "redis")]
+            cluster::REDIS_SUB => self.on_redis_ready(crate::cluster::Conn::Sub, event),
             Token(key) => {
                 // The peer's FIN (or an error) raises no further edge: read to the end.
                 if event.is_read_closed() || event.is_error() {
@@ -274,6 +287,9 @@ impl Server {
             return Duration::ZERO;
         }
         let mut wake = self.next_tick;
+        if let Some(deadline) = self.redis_deadline() {
+            wake = wake.min(deadline);
+        }
         if let Some(resume) = self.accept_paused_until.filter(|_| self.accept_ready) {
             wake = wake.min(resume);
         }
@@ -301,6 +317,7 @@ impl Server {
             compress_calls: self.deflate.calls(),
             inflate_calls: self.inflate.calls(),
             history_bytes: self.chat.history_bytes(),
+            cluster: self.cluster_figures(),
             ..Gauges::default()
         };
         for (_, conn) in self.connections.iter() {

@@ -68,7 +68,7 @@ impl Server {
         let endpoint = match route(request.path()) {
             Route::Echo => Endpoint::Echo,
             Route::Chat { room } => {
-                let id = self.next_member_id;
+                let id = self.new_member_id(); // cluster.rs: unique over the cluster
                 let name = chat::display_name(request.query_param("name").as_deref(), id);
                 let member = Member {
                     key,
@@ -222,7 +222,6 @@ impl Server {
                 self.relay.join(room, key);
             }
             Endpoint::Chat { room, member, .. } => {
-                self.next_member_id += 1;
                 info!(
                     "{peer} [{key}] upgraded: {} as {:?} (id {}) in room {room:?}",
                     request.target, member.name, member.id

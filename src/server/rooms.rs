@@ -5,10 +5,11 @@
 //! recipient (`writes::queue_frame`); members that agreed to permessage-deflate
 //! share one compressed copy (`fan_out`).
 
+use super::cluster::Post;
 use super::compression::Deflate;
 use super::writes::{deliver, queue_frame, Outbox, Outgoing};
 use super::{unix_millis, Server};
-use crate::chat::{Chat, Member, SharedFrame};
+use crate::chat::{rename_json, text_frame, Chat, Member, SharedFrame};
 use crate::connection::{Connection, Endpoint, Phase};
 use crate::relay::Relay;
 use log::info;
@@ -18,7 +19,7 @@ use std::rc::Rc;
 impl Server {
     /// The chat, the connections and an outbox, borrowed apart, so that the
     /// chat's list of recipients can be walked while frames are queued.
-    fn split_for_delivery(&mut self) -> (&mut Chat, &mut Slab<Connection>, Outbox<'_>) {
+    pub(super) fn split_for_delivery(&mut self) -> (&mut Chat, &mut Slab<Connection>, Outbox<'_>) {
         let (chat, connections, outbox, _, _) = self.split_for_fan_out();
         (chat, connections, outbox)
     }
@@ -42,9 +43,18 @@ impl Server {
         (chat, &mut self.connections, outbox, relay, deflate)
     }
 
-    /// Adds a member to its room: a welcome and the room's history to it, then a
-    /// join notice to everyone in the room.
+    /// Adds a member to its room. In a cluster (`--redis`, linked) the join
+    /// goes to Redis first and the welcome comes when it is back
+    /// (`cluster.rs`); otherwise [`Self::join_locally`].
     pub(super) fn join_room(&mut self, room: Rc<str>, member: Member, now_ms: u64) {
+        if !self.cluster_join(&room, &member) {
+            self.join_locally(room, member, now_ms);
+        }
+    }
+
+    /// A welcome and the room's history to the newcomer, then a join notice to
+    /// everyone in the room.
+    pub(super) fn join_locally(&mut self, room: Rc<str>, member: Member, now_ms: u64) {
         let (chat, connections, mut outbox) = self.split_for_delivery();
         let joined = chat.join(&room, &member, now_ms);
         deliver(connections, &mut outbox, member.key, &joined.welcome);
@@ -58,9 +68,18 @@ impl Server {
         }
     }
 
-    /// Sends a chat message's frame to every member of `room`, the sender too,
-    /// and keeps it in the room's history.
+    /// A chat message for `room`: in a cluster (linked) it goes to Redis and is
+    /// delivered when it comes back, in the room's one order (`cluster.rs`);
+    /// otherwise [`Self::broadcast_locally`].
     pub(super) fn broadcast(&mut self, room: &str, frame: SharedFrame) {
+        if !self.cluster_post(room, Post::Message, (0, ""), &frame) {
+            self.broadcast_locally(room, frame);
+        }
+    }
+
+    /// Sends a chat message's frame to every member of `room` here, the sender
+    /// too, and keeps it in the room's history.
+    pub(super) fn broadcast_locally(&mut self, room: &str, frame: SharedFrame) {
         self.metrics.broadcasts += 1;
         let (chat, connections, mut outbox, _, deflate) = self.split_for_fan_out();
         let members = chat.publish(room, &frame);
@@ -108,6 +127,10 @@ impl Server {
         member.name = Rc::clone(&name);
         self.metrics.renames += 1;
         info!("[{key}] {:?} is now {name:?} in room {room:?}", old.name);
+        let notice = text_frame(&rename_json(&old, &name, unix_millis()));
+        if self.cluster_post(&room, Post::Rename, (old.id, &name), &notice) {
+            return;
+        }
         let (chat, connections, mut outbox) = self.split_for_delivery();
         if let Some(renamed) = chat.rename(&room, &old, &name, unix_millis()) {
             for &key in renamed.members {
@@ -136,6 +159,9 @@ impl Server {
             Endpoint::Echo => return,
         };
         let (room, member) = (Rc::clone(room), member.clone());
+        if self.cluster_leave(&room, &member) {
+            return self.chat.remove(&room, &member); // announced by the cluster
+        }
         let (chat, connections, mut outbox) = self.split_for_delivery();
         if let Some(left) = chat.leave(&room, &member, unix_millis()) {
             for &key in left.members {
