@@ -16,6 +16,7 @@
 //! | [`frame`] | RFC 6455 §5.2-5.3: frame headers and masking |
 //! | `chat` | rooms, members, notices, history, presence, flood control |
 //! | `relay` | relay rooms: messages passed on verbatim |
+//! | `cluster` | rooms across processes through Redis (RESP2 codec, link, scripts) |
 //! | `deflate` | RFC 7692: permessage-deflate negotiation and the loop's codec |
 //! | `tls` | RFC 8446/5246 for `https`/`wss`: the certificate, each connection's TLS |
 //! | `cluster` | rooms across processes through Redis: RESP2, the link, the Lua scripts, the envelope |

@@ -1130,7 +1130,12 @@ impl Cluster {
                 _ => 0,
             })
             .sum();
-        let total = self.cmd_out.len() + self.sub_out.len() + self.in_flight_bytes + buffered;
+        let total = self.cmd_out.len()
+            + self.sub_out.len()
+            + self.cmd_in.buffered()
+            + self.sub_in.buffered()
+            + self.in_flight_bytes
+            + buffered;
         if self.is_connected() && total > self.settings.max_queue {
             self.fail(
                 &format!(

@@ -23,8 +23,10 @@
 //! length, before the bytes it announces arrive. A reply is decoded in two
 //! passes: a scan checks it and finds its end without copying anything (skipping
 //! a bulk string's body by its declared length), and only once all of it is
-//! present is it built. [`ReplyReader`] keeps the scan's progress between reads,
-//! so a reply that arrives in pieces is scanned once, not once per piece.
+//! present is it built. [`ReplyReader`] keeps the scan's progress between reads
+//! (whole elements, how far a line was searched, where a bulk string's body
+//! ends), so each byte of a reply that arrives in pieces is looked at a bounded
+//! number of times, not once per piece.
 
 use std::fmt;
 use std::ops::Range;
@@ -125,6 +127,7 @@ fn push_header(out: &mut Vec<u8>, kind: u8, n: usize) {
 /// Decodes one reply from the front of `buf`: `Ok(Some((reply, bytes_used)))`,
 /// `Ok(None)` when `buf` holds only part of one (need more bytes), or an error
 /// (the link must be closed).
+#[cfg_attr(not(test), allow(dead_code))] // the stateless form: the tests' reference
 pub(crate) fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Reply, usize)>, DecodeError> {
     let Some(len) = Scan::default().resume(buf, limits)? else {
         return Ok(None);
@@ -160,7 +163,8 @@ impl ReplyReader {
         }
     }
 
-    /// Appends bytes just read from the socket.
+    /// Appends bytes just read from the socket. Call [`ReplyReader::next_reply`]
+    /// until `Ok(None)` after each read: that is where the limits are checked.
     pub fn extend(&mut self, bytes: &[u8]) {
         if self.start > 0 {
             // Only the start of a reply in progress moves: one copy per read, not
@@ -265,7 +269,6 @@ fn element(
         });
     };
     let from = pos + 1;
-    let too_long_number = DecodeError::Malformed("number line without CRLF");
     let line = match kind {
         b'+' | b'-' => find_line(
             buf,
@@ -274,7 +277,13 @@ fn element(
             limits.max_bulk,
             DecodeError::TooLarge("simple string or error line"),
         )?,
-        b':' | b'$' | b'*' => find_line(buf, from, seen, MAX_NUMBER_LEN, too_long_number)?,
+        b':' | b'$' | b'*' => find_line(
+            buf,
+            from,
+            seen,
+            MAX_NUMBER_LEN,
+            DecodeError::Malformed("number line without CRLF"),
+        )?,
         _ => return Err(DecodeError::Malformed("unknown type byte")),
     };
     let (end, next) = match line {
@@ -433,7 +442,7 @@ impl Scan {
                 return Ok(None);
             }
             // Elements still owed by the open arrays, besides the one at `pos`.
-            let owed = self.open.iter().sum::<usize>().saturating_sub(1);
+            let owed = self.owed().saturating_sub(1);
             let step = element(buf, self.pos, self.seen, owed, limits)?;
             let (element, next) = match step {
                 Step::Done(element, next) => (element, next),
@@ -447,7 +456,7 @@ impl Scan {
             self.seen = 0;
             self.need = 0;
             if let Some(left) = self.open.last_mut() {
-                *left -= 1;
+                *left = left.saturating_sub(1);
             }
             if let Element::Array(n) = element {
                 if self.open.len() >= limits.max_depth {
@@ -460,11 +469,16 @@ impl Scan {
             while self.open.last() == Some(&0) {
                 self.open.pop();
             }
-            check_size(next, self.open.iter().sum(), limits)?;
+            check_size(next, self.owed(), limits)?;
             if self.open.is_empty() {
                 return Ok(Some(next));
             }
         }
+    }
+
+    /// Elements the open arrays still need.
+    fn owed(&self) -> usize {
+        self.open.iter().fold(0, |sum, &n| sum.saturating_add(n))
     }
 }
 
