@@ -1249,3 +1249,6 @@ fn random_u64() -> u64 {
     );
     hasher.finish()
 }
+
+#[cfg(test)]
+mod tests;
