@@ -17,16 +17,14 @@ use std::time::Duration;
 /// Generous: a condition that holds is met long before.
 const DEADLINE: Duration = Duration::from_secs(15);
 
-/// Fast liveness and presence, so that faults are found and members expire in
-/// a test's time (the defaults are 1 s and 30 s).
+/// Fast liveness, so that faults are found in a test's time (the default is
+/// 1 s). Tests where members must expire add `FAST_EXPIRY`.
 fn node(redis_url: &str, extra: &[&str]) -> Node {
     let mut args = vec![
         "--redis",
         redis_url,
         "--redis-ping",
         "100ms",
-        "--presence-ttl",
-        "2s",
         "--max-message-rate",
         "0",
         "--log-level",
@@ -35,6 +33,9 @@ fn node(redis_url: &str, extra: &[&str]) -> Node {
     args.extend_from_slice(extra);
     Node::start(&args)
 }
+
+/// A presence TTL short enough to wait out (the default is 30 s).
+const FAST_EXPIRY: &[&str] = &["--presence-ttl", "2s"];
 
 fn metric(addr: SocketAddr, name: &str) -> u64 {
     common::metric(addr, name)
@@ -195,8 +196,8 @@ fn a_killed_node_s_members_leave_once_each() {
     let Some(redis) = RedisServer::start("a_killed_node_s_members_leave_once_each") else {
         return;
     };
-    let nodes: Vec<Node> = (0..2).map(|_| node(&redis.url(), &[])).collect();
-    let mut doomed = node(&redis.url(), &[]);
+    let nodes: Vec<Node> = (0..2).map(|_| node(&redis.url(), FAST_EXPIRY)).collect();
+    let mut doomed = node(&redis.url(), FAST_EXPIRY);
     let mut watchers: Vec<ChatClient> = nodes
         .iter()
         .enumerate()
@@ -338,8 +339,8 @@ fn a_node_cut_off_goes_alone_its_members_expire_and_come_back() {
         return;
     };
     let proxy = FaultProxy::start(redis.addr());
-    let one = node(&redis.url(), &[]);
-    let cut = node(&proxy.url(), &[]);
+    let one = node(&redis.url(), FAST_EXPIRY);
+    let cut = node(&proxy.url(), FAST_EXPIRY);
     let mut ann = ChatClient::join(one.addr(), "p", "ann");
     let mut bob = ChatClient::join(cut.addr(), "p", "bob");
     ann.wait_for(DEADLINE, |m| online(m) == Some(2));

@@ -658,7 +658,13 @@ impl Cluster {
         let emptied = entry.is_empty();
         let island = matches!(entry.state, RoomState::Island) || !self.is_up();
         if emptied {
+            // Its posts in flight concern nobody here any more.
             self.rooms.remove(room);
+            let before = self.in_flight.len();
+            self.in_flight.retain(|post| &post.room != room);
+            if self.in_flight.len() != before {
+                self.in_flight_bytes = self.in_flight.iter().map(|p| p.json.len()).sum();
+            }
         }
         if island {
             if self.island_leaves.len() < ISLAND_LEAVES_KEPT {
@@ -766,9 +772,15 @@ impl Cluster {
                 ""
             }
         );
+        // Leaves from rooms still here wait for their room's sync (so that
+        // their notices come after the repair, not inside its range).
         let leaves = std::mem::take(&mut self.island_leaves);
         for (room, id) in leaves {
-            self.send_leave(&room, id);
+            if self.rooms.contains_key(&room) {
+                self.island_leaves.push((room, id));
+            } else {
+                self.send_leave(&room, id);
+            }
         }
         let mut args: Vec<Vec<u8>> = vec![b"SUBSCRIBE".to_vec()];
         for (name, room) in &mut self.rooms {
@@ -805,6 +817,13 @@ impl Cluster {
             };
         }
         self.register(&name, purpose, None);
+        let (theirs, others) = std::mem::take(&mut self.island_leaves)
+            .into_iter()
+            .partition(|(room, _)| *room == name);
+        self.island_leaves = others;
+        for (room, id) in theirs {
+            self.send_leave(&room, id);
+        }
     }
 
     /// Runs the sync script for `room` with `members` (or all of the room's
@@ -938,29 +957,48 @@ impl Cluster {
         );
         entry.epoch = epoch;
         entry.people = people;
-        let missed = seq_before.saturating_sub(entry.last_seq);
+        let had = entry.last_seq;
+        // The history's messages and the events that waited, in one order.
+        let mut events: Vec<(u64, Vec<u8>, bool)> = Vec::new();
+        for (bytes, from_history) in history
+            .into_iter()
+            .map(|b| (b, true))
+            .chain(buffered.into_iter().map(|b| (b, false)))
+        {
+            match envelope::parse(&bytes) {
+                Ok(e) if from_history && e.kind != Kind::Message => {}
+                Ok(e) => events.push((e.seq, bytes, from_history)),
+                Err(_) => self.metrics.bad_replies += 1,
+            }
+        }
+        events.sort_by_key(|(seq, _, from_history)| (*seq, !*from_history));
+        events.dedup_by_key(|(seq, _, _)| *seq);
         let mut recovered = 0;
-        for bytes in &history {
-            let Ok(e) = envelope::parse(bytes) else {
-                self.metrics.bad_replies += 1;
-                continue;
-            };
-            let Some(entry) = self.rooms.get_mut(room) else {
-                return;
-            };
-            if e.seq <= entry.last_seq || e.seq > seq_before || e.kind != Kind::Message {
+        let mut later = Vec::new();
+        for (seq, bytes, from_history) in events {
+            if seq <= had {
                 continue;
             }
-            recovered += 1;
-            if purpose == Purpose::Seed {
-                self.happenings.push_back(Happening::Seed {
-                    room: Rc::clone(room),
-                    json: e.json.to_string(),
-                });
-            } else {
+            if seq > seq_before {
+                later.push(bytes);
+            } else if purpose == Purpose::Seed {
+                // The room's past: messages for newcomers; its notices are in
+                // the member list the reply brought.
+                if let (true, Ok(e)) = (from_history, envelope::parse(&bytes)) {
+                    self.happenings.push_back(Happening::Seed {
+                        room: Rc::clone(room),
+                        json: e.json.to_string(),
+                    });
+                }
+            } else if let Ok(e) = envelope::parse(&bytes) {
+                recovered += 1;
+                if let Some(entry) = self.rooms.get_mut(room) {
+                    entry.last_seq = seq;
+                }
                 self.deliver(room, &e);
             }
         }
+        let missed = seq_before.saturating_sub(had);
         if purpose == Purpose::Repair && missed > 0 {
             if recovered == missed {
                 self.metrics.gaps_repaired += 1;
@@ -976,7 +1014,7 @@ impl Cluster {
         if let Some(entry) = self.rooms.get_mut(room) {
             entry.last_seq = entry.last_seq.max(seq_before);
         }
-        for payload in buffered {
+        for payload in later {
             self.on_live_event(room, &payload, now);
         }
     }
