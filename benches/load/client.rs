@@ -7,6 +7,7 @@ mod reading;
 mod traffic;
 
 use std::io::{self, Write};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
@@ -15,6 +16,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::checks::MessageChecks;
 use crate::payload::PayloadFormat;
+use crate::sys::connect_from;
 use crate::target::{Protocol, Target};
 use crate::wire::WS_KEY;
 
@@ -107,6 +109,17 @@ pub struct Client {
     pub notices_measured: u64,
     /// Chat: `rate_limited` notices (the server's flood control dropped a message).
     pub rate_limited: u64,
+    /// Chat: connections that got their welcome.
+    pub welcomes: usize,
+    /// Chat: the member count that fills the room (0: not given), and the
+    /// connections a notice has told that the room holds that many.
+    full_room: u64,
+    pub told_full: usize,
+    /// Connections that died (closed, failed to connect or upgrade).
+    pub dead: usize,
+    /// Loopback source addresses the connections take turns at (127.0.0.2 on);
+    /// 0: the kernel's choice.
+    sources: u8,
     scratch: Vec<u8>,
     payload_buf: Vec<u8>,
     to_flush: Vec<usize>,
@@ -146,6 +159,11 @@ impl Client {
             announces: false,
             notices_measured: 0,
             rate_limited: 0,
+            welcomes: 0,
+            full_room: 0,
+            told_full: 0,
+            dead: 0,
+            sources: 0,
             scratch: vec![0u8; 64 * 1024],
             to_flush: Vec::new(),
         })
@@ -173,7 +191,14 @@ impl Client {
             welcomed: false,
             online: 0,
         };
-        match TcpStream::connect(self.target.addr) {
+        let connected = match self.sources {
+            0 => TcpStream::connect(self.target.addr),
+            n => {
+                let source = Ipv4Addr::new(127, 0, 0, 2 + (id % n as u32) as u8);
+                connect_from(source.into(), self.target.addr)
+            }
+        };
+        match connected {
             Ok(mut s) => {
                 let interest = Interest::READABLE | Interest::WRITABLE;
                 let registry = self.poll.registry();
@@ -193,6 +218,7 @@ impl Client {
         }
         if c.state == ConnState::Dead {
             self.checks.errors.connect_failed += 1;
+            self.dead += 1;
         }
         self.conns.push(c);
     }
@@ -206,6 +232,7 @@ impl Client {
         }
         let was = c.state;
         c.state = ConnState::Dead;
+        self.dead += 1;
         if let Some(mut s) = c.socket.take() {
             let _ = self.poll.registry().deregister(&mut s);
         }
@@ -383,6 +410,41 @@ impl Client {
         let unwelcomed = live().filter(|c| !c.welcomed).count();
         let untold = live().filter(|c| c.online < members as u64).count();
         (unwelcomed, untold)
+    }
+
+    /// Chat: starts connections, one at a time, while fewer than `n` were started
+    /// and fewer than `in_flight` are still on their way (neither welcomed nor
+    /// dead). `members` is the count that fills the room: `told_full` counts the
+    /// connections a notice has told so. The big-room workers' pacing.
+    pub fn start_paced(&mut self, n: usize, in_flight: usize, members: u64) {
+        if let Mode::Chat { senders, .. } = self.mode {
+            self.next_expected.resize(n * senders, 0);
+        }
+        self.full_room = members;
+        while self.conns.len() < n
+            && self.conns.len().saturating_sub(self.welcomes + self.dead) < in_flight
+        {
+            self.start_conn();
+        }
+    }
+
+    /// Connects from `n` (at most 250) loopback addresses in turn, 127.0.0.2 on,
+    /// instead of letting the kernel pick the address (for a loopback target:
+    /// `sys::connect_from` says why).
+    pub fn spread_sources(&mut self, n: u8) {
+        if self.target.addr.ip().is_loopback() && self.target.addr.is_ipv4() {
+            self.sources = n.min(250);
+        }
+    }
+
+    /// Connections started so far.
+    pub fn started(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// A waker for this client's poll: `wake` makes a `pump` return at once.
+    pub fn waker(&self) -> io::Result<mio::Waker> {
+        mio::Waker::new(self.poll.registry(), Token(usize::MAX))
     }
 
     /// Runs the loop for `d`.

@@ -24,15 +24,20 @@
 //!
 //! Rounds are interleaved (round-robin over the servers) and every figure printed is the
 //! median over the rounds. `--url ws://host:port/path` measures any server instead.
-//! Run `cargo bench --bench load -- --help` for the options.
+//! The big room ([`bigroom`]) is a workload of its own kind: 19,000 members of one
+//! room, held by two client processes (this binary again, `--bigroom-worker`), against
+//! a fresh loopchat per round; it reports join, settle and broadcast times and peak
+//! memory. Run `cargo bench --bench load -- --help` for the options.
 //!
 //! The modules, in the order a run meets them: [`options`] (flags), [`run`] (the
 //! orchestrator), [`workloads`], [`servers`] (starting the servers under test),
 //! [`round`] (one measured round), [`client`] (the load client, over [`wire`] framing,
 //! the [`payload`] format and the per-message [`checks`]), [`report`] (medians, tables,
-//! targets), [`sys`] (what is asked of the operating system) and [`compare`] (the
-//! comparison servers behind `--serve`).
+//! targets), [`sys`] (what is asked of the operating system), [`compare`] (the
+//! comparison servers behind `--serve`) and [`bigroom`] (the big room, its client
+//! processes and what they say to each other).
 
+mod bigroom;
 mod checks;
 mod client;
 mod compare;
@@ -49,9 +54,10 @@ mod workloads;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--serve") {
-        serve(&args[1..]);
-        return;
+    match args.first().map(String::as_str) {
+        Some("--serve") => return serve(&args[1..]),
+        Some("--bigroom-worker") => return bigroom::worker::main(&args[1..]),
+        _ => {}
     }
     if args.is_empty() {
         // `cargo test --benches` runs bench targets without arguments: stay cheap.
@@ -60,6 +66,7 @@ fn main() {
         // (a `harness = false` target is not built with `cfg(test)`).
         payload::self_test();
         wire::self_test();
+        bigroom::lines::self_test();
         println!("load bench: run it with `cargo bench --bench load` (see `-- --help`)");
         return;
     }

@@ -13,10 +13,19 @@ usage: cargo bench --bench load -- [options] [FILTER...]
   --filter NAME        only workloads whose name contains NAME (repeatable; bare
                        words are filters too). Names: echo/c100/if1 ... chat/r1000/s10/1KiB,
                        relay/r100/s1/32B ... relay/r1000/s10/1KiB,
-                       latency/r1000/s10x10hz, mem/echo1000, mem/idle10000
+                       latency/r1000/s10x10hz, mem/echo1000, mem/idle10000,
+                       bigroom/m19000
   --rounds N           interleaved rounds per workload (default 3, --quick: 1)
   --secs S             measured seconds per round (default 2)
   --idle-conns N       connections for mem/idle (default 10000)
+  --bigroom-members N  members of bigroom/mN (default 19000): one room filled from
+                       two client processes (each holds half the sockets), with a
+                       fresh server per round; it needs an open-files hard limit of
+                       N + 64 for the server and N/2 + 64 for the clients
+  --bigroom-in-flight N
+                       big-room connections on their way (connecting, upgrading or
+                       waiting for their welcome) at once, over both client
+                       processes (default 128: loopchat's listen backlog is 128)
   --no-pin             do not pin server to CPU 0 and client to CPU 1
   --verbose            print every round, not only the medians
   --tokio-read-buffer N|default
@@ -35,6 +44,7 @@ usage: cargo bench --bench load -- [options] [FILTER...]
   --server-pid PID     with --url: read that process's CPU time and memory
   --serve raw-echo|raw-fanout|tokio PORT [READ_BUFFER]
                        (internal) run a comparison server
+  --bigroom-worker ... (internal) one client process of the big-room workload
 ";
 
 /// The tokio server's read buffer unless `--tokio-read-buffer` says otherwise: 4 KiB,
@@ -58,6 +68,9 @@ pub struct Options {
     pub verbose: bool,
     /// tungstenite's read_buffer_size for the tokio server; `None`: its default.
     pub tokio_read_buffer: Option<usize>,
+    /// The big room's members, and its connections on their way at once.
+    pub bigroom_members: usize,
+    pub bigroom_in_flight: usize,
 }
 
 impl Default for Options {
@@ -75,6 +88,8 @@ impl Default for Options {
             server_pid: None,
             verbose: false,
             tokio_read_buffer: Some(DEFAULT_TOKIO_READ_BUFFER),
+            bigroom_members: 19_000,
+            bigroom_in_flight: 128,
         }
     }
 }
@@ -101,6 +116,8 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             "--rounds" => o.rounds = number(arg, value(arg)?)?,
             "--secs" => o.secs = number(arg, value(arg)?)?,
             "--idle-conns" => o.idle_conns = number(arg, value(arg)?)?,
+            "--bigroom-members" => o.bigroom_members = number(arg, value(arg)?)?,
+            "--bigroom-in-flight" => o.bigroom_in_flight = number(arg, value(arg)?)?,
             "--loopchat" => o.loopchat_bin = PathBuf::from(value(arg)?),
             "--loopchat-arg" => o.loopchat_args.push(value(arg)?),
             "--url" => o.url = Some(value(arg)?),
@@ -117,6 +134,8 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
         return Err("--secs must be in (0, 60]".into());
     }
     o.idle_conns = o.idle_conns.clamp(1, 100_000);
+    o.bigroom_members = o.bigroom_members.clamp(2, 100_000);
+    o.bigroom_in_flight = o.bigroom_in_flight.clamp(2, 10_000);
     o.rounds = o.rounds.clamp(1, 50);
     Ok(o)
 }

@@ -4,7 +4,10 @@
 //! server's figures, loopchat's ratios to the raw limit and to tokio-tungstenite, the
 //! targets).
 
+mod bigroom;
 mod targets;
+
+pub use bigroom::print_bigroom_round;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -168,6 +171,8 @@ pub struct Report {
     /// loopchat's messages per server-CPU-second and its ratios, a line per workload.
     ratios: Vec<String>,
     checks: Vec<TargetCheck>,
+    /// The big room's table, a line per round.
+    bigroom: Vec<String>,
     all_ok: bool,
 }
 
@@ -177,6 +182,7 @@ impl Default for Report {
             table: Vec::new(),
             ratios: Vec::new(),
             checks: Vec::new(),
+            bigroom: Vec::new(),
             all_ok: true,
         }
     }
@@ -333,6 +339,12 @@ impl Report {
             println!("| workload | loopchat msgs per server-CPU-s | loopchat / raw limit | loopchat / tokio |");
             println!("|---|---:|---:|---:|");
             for l in &self.ratios {
+                println!("{l}");
+            }
+        }
+        if !self.bigroom.is_empty() {
+            println!();
+            for l in &self.bigroom {
                 println!("{l}");
             }
         }

@@ -42,7 +42,7 @@ pub type RoundOutcome = Result<RoundResult, String>;
 static ROUND_NONCE: AtomicU64 = AtomicU64::new(1);
 
 /// A nonce for the next round's payloads, different in each round and process.
-fn next_nonce() -> u16 {
+pub fn next_nonce() -> u16 {
     let n = ROUND_NONCE.fetch_add(1, Ordering::Relaxed);
     ((std::process::id() as u64 * 7919 + n * 40503) & 0xffff) as u16
 }

@@ -5,16 +5,17 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use crate::bigroom;
 use crate::options::Options;
-use crate::report::{print_round, Report};
+use crate::report::{print_bigroom_round, print_round, Report};
 use crate::round::{run_round, RoundOutcome};
 use crate::servers::{spawn_server, Server, ServerKind, SERVER_CPU};
 use crate::sys::{have_taskset, loadavg, pin_this_process, raise_nofile_limit};
 use crate::target::{parse_url, Protocol, Target};
 use crate::workloads::{self, Workload, WorkloadKind};
 
-/// The CPU the client is pinned to.
-const CLIENT_CPU: u32 = 1;
+/// The CPU the client is pinned to (and the big room's client processes).
+pub const CLIENT_CPU: u32 = 1;
 
 /// Runs every selected workload; true if every round ran without error.
 pub fn run_all(options: Options) -> bool {
@@ -128,9 +129,12 @@ impl Bench {
 
     /// Runs one workload's rounds, round-robin over its servers, and reports them.
     fn run_workload(&self, workload: &Workload, report: &mut Report) {
-        let kinds = self.server_kinds(workload.kind);
         println!();
         println!("== {}: {}", workload.name, workload.describe());
+        if workload.kind == WorkloadKind::BigRoom {
+            return self.run_bigroom(workload, report);
+        }
+        let kinds = self.server_kinds(workload.kind);
         let mut outcomes: HashMap<ServerKind, Vec<RoundOutcome>> = HashMap::new();
         let fresh = workload.kind.is_memory();
         // servers live for the whole workload (fresh ones per round for memory figures)
@@ -156,6 +160,27 @@ impl Bench {
         }
         drop(servers);
         report.add_workload(workload, &kinds, &outcomes, self.external.is_some());
+    }
+
+    /// The big room's rounds, each against a fresh loopchat (`bigroom.rs`).
+    fn run_bigroom(&self, workload: &Workload, report: &mut Report) {
+        println!(
+            "   {} client processes, {} connections in flight at most; server on CPU {}",
+            bigroom::WORKERS,
+            self.options.bigroom_in_flight,
+            if self.pin {
+                "0, clients on CPU 1"
+            } else {
+                "any (not pinned)"
+            }
+        );
+        let mut outcomes = Vec::new();
+        for round in 0..workload.rounds(self.options.rounds) {
+            let outcome = bigroom::run_round(workload, &self.options, self.pin);
+            print_bigroom_round(round + 1, &outcome);
+            outcomes.push(outcome);
+        }
+        report.add_bigroom(workload, &outcomes);
     }
 }
 

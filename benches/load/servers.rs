@@ -67,8 +67,21 @@ impl Drop for Server {
 /// Starts a server of `kind` on a free loopback port (on SERVER_CPU if `pin`), and
 /// waits until it listens and is idle.
 pub fn spawn_server(kind: ServerKind, options: &Options, pin: bool) -> Result<Server, String> {
+    spawn_server_with(kind, options, pin, &[])
+}
+
+/// [`spawn_server`], with `extra` arguments for loopchat after all the others.
+pub fn spawn_server_with(
+    kind: ServerKind,
+    options: &Options,
+    pin: bool,
+    extra: &[String],
+) -> Result<Server, String> {
     let port = free_port().map_err(|e| format!("free port: {e}"))?;
-    let (prog, args) = command_line(kind, options, port)?;
+    let (prog, mut args) = command_line(kind, options, port)?;
+    if kind == ServerKind::Loopchat {
+        args.extend(extra.iter().cloned());
+    }
     let mut cmd = command_on_cpu(&prog, &args, pin.then_some(SERVER_CPU));
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -21,6 +21,9 @@ pub enum WorkloadKind {
     MemEcho,
     /// RSS per idle connection.
     MemIdle,
+    /// One big chat room filled from two client processes: join and settle time,
+    /// one broadcast to every member, the server's peak RSS (`bigroom.rs`).
+    BigRoom,
 }
 
 impl WorkloadKind {
@@ -56,6 +59,7 @@ impl WorkloadKind {
     /// loopchat's does), so relay compares loopchat with the raw fan-out alone.
     pub fn local_servers(self) -> Vec<ServerKind> {
         match self {
+            WorkloadKind::BigRoom => vec![ServerKind::Loopchat],
             WorkloadKind::Relay => vec![ServerKind::Loopchat, ServerKind::RawFanout],
             k if k.is_chat() => vec![
                 ServerKind::Loopchat,
@@ -142,12 +146,17 @@ impl Workload {
                 "peak RSS (VmHWM) of a fresh server echoing to {conns} conns, {inflight} in flight"
             ),
             WorkloadKind::MemIdle => format!("RSS per idle WebSocket connection, {conns} conns"),
+            WorkloadKind::BigRoom => format!(
+                "{conns} members join one room from 2 client processes: join time, \
+                 settle time, 1 + 2 messages to every member in order, server peak RSS"
+            ),
         }
     }
 }
 
-/// Every workload, in the order they run; mem/idle with `idle_conns` connections.
-fn catalogue(idle_conns: usize) -> Vec<Workload> {
+/// Every workload, in the order they run; mem/idle with `idle_conns` connections,
+/// the big room with `bigroom_members`.
+fn catalogue(idle_conns: usize, bigroom_members: usize) -> Vec<Workload> {
     let base = Workload {
         name: String::new(),
         kind: WorkloadKind::Echo,
@@ -228,15 +237,23 @@ fn catalogue(idle_conns: usize) -> Vec<Workload> {
         name: format!("mem/idle{idle_conns}"),
         kind: WorkloadKind::MemIdle,
         conns: idle_conns,
+        ..base.clone()
+    });
+    v.push(Workload {
+        name: format!("bigroom/m{bigroom_members}"),
+        kind: WorkloadKind::BigRoom,
+        conns: bigroom_members,
+        senders: 1,
         ..base
     });
     v
 }
 
 /// The workloads this run asked for: `--quick`'s subset, the filters, and with `--url`
-/// those the server can take (echo, chat or relay by its path; memory only with a PID).
+/// those the server can take (echo, chat or relay by its path; memory only with a PID;
+/// never the big room, which starts a server of its own with the limits it needs).
 pub fn select(options: &Options) -> Vec<Workload> {
-    let mut v = catalogue(options.idle_conns);
+    let mut v = catalogue(options.idle_conns, options.bigroom_members);
     v.retain(|w| !options.quick || w.quick);
     if !options.filters.is_empty() {
         v.retain(|w| options.filters.iter().any(|f| w.name.contains(f.as_str())));
@@ -253,6 +270,7 @@ pub fn select(options: &Options) -> Vec<Workload> {
             WorkloadKind::Relay => relay,
             WorkloadKind::MemEcho => echo && pid,
             WorkloadKind::MemIdle => pid,
+            WorkloadKind::BigRoom => false,
         });
     }
     v

@@ -238,11 +238,17 @@ impl Client {
                 self.notices_measured += 1;
             }
             match kind.unwrap_or_default() {
-                b"welcome" => self.conns[index].welcomed = true,
+                b"welcome" => {
+                    let c = &mut self.conns[index];
+                    self.welcomes += usize::from(!c.welcomed);
+                    c.welcomed = true;
+                }
                 b"join" | b"presence" => {
                     self.announces = true;
                     let online = json_uint_field(payload, b"online").unwrap_or(0);
                     let c = &mut self.conns[index];
+                    let full = self.full_room;
+                    self.told_full += usize::from(full > 0 && c.online < full && online >= full);
                     c.online = c.online.max(online);
                 }
                 // {"type":"notice","code":"rate_limited",...}: loopchat's flood control
@@ -294,6 +300,41 @@ impl Client {
         match self.mode {
             Mode::Echo { .. } => self.count_unechoed(),
             Mode::Chat { senders, .. } => self.count_undelivered(senders),
+        }
+    }
+
+    /// Chat: connection `index` sends its next message, written at once (the big
+    /// room's sender; the other workloads send through their windows or rates).
+    pub fn send_now(&mut self, index: usize) {
+        self.send_message(index);
+        self.flush_queued();
+    }
+
+    /// Chat: open connections that received, in order, at least `k` messages
+    /// from sender 0.
+    pub fn members_with(&self, k: u32) -> usize {
+        let Mode::Chat { senders, .. } = self.mode else {
+            return 0;
+        };
+        (0..self.conns.len())
+            .filter(|&r| self.conns[r].state == ConnState::Open)
+            .filter(|&r| self.next_expected[r * senders] >= k)
+            .count()
+    }
+
+    /// Chat: counts as lost what each open connection has not received of the
+    /// `sent` messages of sender 0 (which may be another process's connection).
+    pub fn count_missing(&mut self, sent: u32) {
+        let Mode::Chat { senders, .. } = self.mode else {
+            return;
+        };
+        for r in 0..self.conns.len() {
+            let got = self.next_expected[r * senders];
+            if self.conns[r].state == ConnState::Open && got < sent {
+                let errors = &mut self.checks.errors;
+                errors.lost += u64::from(sent - got);
+                errors.note(format!("receiver {r}: got {got} of {sent}"));
+            }
         }
     }
 

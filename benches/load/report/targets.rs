@@ -61,7 +61,7 @@ impl Report {
     }
 
     /// Prints a check and keeps it for the summary.
-    fn check(&mut self, what: String, value: String, target: String, met: bool) {
+    pub(super) fn check(&mut self, what: String, value: String, target: String, met: bool) {
         let verdict = if met { "MET" } else { "NOT MET" };
         println!("   {what}: {value}  [target {target}: {verdict}]");
         self.checks.push(TargetCheck {
