@@ -30,8 +30,7 @@ impl Chat {
     ) -> Joined<'_> {
         self.idle.retain(|r| r != room_name);
         let room = self.rooms.entry(Rc::clone(room_name)).or_default();
-        room.members.push(member.key);
-        room.people.push((member.id, Rc::clone(&member.name)));
+        room.add(member);
         room.cluster_online = Some(online);
         let welcome = welcome_frame(room_name, online, people, member, &self.limits);
         Joined {
@@ -47,10 +46,7 @@ impl Chat {
         let Some(room) = self.rooms.get_mut(room_name) else {
             return;
         };
-        if let Some(index) = room.members.iter().position(|&k| k == member.key) {
-            room.members.swap_remove(index);
-            room.people.swap_remove(index);
-        }
+        room.remove(member.key);
     }
 
     /// A join, leave or rename notice from the cluster, with the room's new

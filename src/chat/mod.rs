@@ -104,6 +104,8 @@ struct Room {
     members: Vec<ConnectionKey>,
     /// Each member's id and name, at the same index as in `members`.
     people: Vec<(u64, Rc<str>)>,
+    /// Each member's index in `members` and `people`, by connection.
+    index: HashMap<ConnectionKey, usize>,
     /// The last messages, oldest first, as the frames that were broadcast.
     history: VecDeque<SharedFrame>,
     history_bytes: usize,
@@ -119,6 +121,31 @@ struct Room {
 impl Room {
     fn online(&self) -> usize {
         self.cluster_online.unwrap_or(self.members.len())
+    }
+
+    fn add(&mut self, member: &Member) {
+        self.index.insert(member.key, self.members.len());
+        self.members.push(member.key);
+        self.people.push((member.id, Rc::clone(&member.name)));
+    }
+
+    /// Where member `key` is in `members` and `people`: O(1), so that a room
+    /// of N emptying costs O(N), not O(N²).
+    fn position(&self, key: ConnectionKey) -> Option<usize> {
+        self.index.get(&key).copied()
+    }
+
+    /// Removes member `key` (the last one takes its place).
+    fn remove(&mut self, key: ConnectionKey) -> bool {
+        let Some(index) = self.index.remove(&key) else {
+            return false;
+        };
+        self.members.swap_remove(index);
+        self.people.swap_remove(index);
+        if let Some(&moved) = self.members.get(index) {
+            self.index.insert(moved, index);
+        }
+        true
     }
 }
 
@@ -175,8 +202,7 @@ impl Chat {
     pub fn join(&mut self, room_name: &Rc<str>, member: &Member, now_ms: u64) -> Joined<'_> {
         self.idle.retain(|r| r != room_name);
         let room = self.rooms.entry(Rc::clone(room_name)).or_default();
-        room.members.push(member.key);
-        room.people.push((member.id, Rc::clone(&member.name)));
+        room.add(member);
         let online = room.members.len();
         let welcome = welcome_frame(room_name, online, Some(&room.people), member, &self.limits);
         // While announcements are pending, later ones wait too, to keep their order.
@@ -294,7 +320,7 @@ impl Chat {
         now_ms: u64,
     ) -> Option<Renamed<'_>> {
         let room = self.rooms.get_mut(room_name)?;
-        let index = room.members.iter().position(|&k| k == member.key)?;
+        let index = room.position(member.key)?;
         room.people[index].1 = Rc::clone(name);
         Some(Renamed {
             notice: text_frame(&rename_json(member, name, now_ms)),
@@ -307,9 +333,9 @@ impl Chat {
     /// more than `idle_rooms` rooms are empty.
     pub fn leave(&mut self, room_name: &Rc<str>, member: &Member, now_ms: u64) -> Option<Left<'_>> {
         let room = self.rooms.get_mut(room_name)?;
-        let index = room.members.iter().position(|&k| k == member.key)?;
-        room.members.swap_remove(index);
-        room.people.swap_remove(index);
+        if !room.remove(member.key) {
+            return None;
+        }
         if room.members.is_empty() {
             self.idle.push_back(Rc::clone(room_name));
             if self.idle.len() > self.limits.idle_rooms {
@@ -478,6 +504,36 @@ mod tests {
         max_message_bytes: 1000,
         max_message_rate: 10,
     };
+
+    #[test]
+    fn members_leave_in_any_order_and_the_rest_stay_findable() {
+        let mut chat = Chat::new(LIMITS);
+        let room: Rc<str> = "big".into();
+        let people: Vec<Member> = (0..50).map(|k| member(k, k as u64 + 1, "m")).collect();
+        for m in &people {
+            chat.join(&room, m, 0);
+        }
+        // Leave from the front, the back and the middle: each swap_remove moves
+        // the last member, whose index must follow.
+        for k in [0, 49, 25, 1, 48, 24, 26] {
+            assert!(chat.rooms[&room].position(k).is_some());
+            chat.leave(&room, &people[k], 0);
+            assert!(chat.rooms[&room].position(k).is_none());
+        }
+        let left = &chat.rooms[&room];
+        assert_eq!(left.members.len(), 43);
+        for (i, &key) in left.members.iter().enumerate() {
+            assert_eq!(left.position(key), Some(i));
+            assert_eq!(left.people[i].0, key as u64 + 1);
+        }
+        assert!(chat.rename(&room, &people[30], &"new".into(), 0).is_some());
+        assert_eq!(&*left_name(&chat, &room, 30), "new");
+    }
+
+    fn left_name(chat: &Chat, room: &Rc<str>, key: ConnectionKey) -> Rc<str> {
+        let room = &chat.rooms[room];
+        Rc::clone(&room.people[room.position(key).unwrap()].1)
+    }
 
     fn member(key: ConnectionKey, id: u64, name: &str) -> Member {
         Member {

@@ -144,9 +144,9 @@ struct Room {
     /// The last sequence number delivered here (0: none yet).
     last_seq: u64,
     /// Members on this node, joined.
-    local: Vec<Local>,
+    local: HashMap<u64, Local>,
     /// Members on this node waiting for their own join notice.
-    pending: Vec<Local>,
+    pending: HashMap<u64, Local>,
     /// Everyone in the room over the cluster, while the room is small enough
     /// to list (`None`: not known or too many).
     people: Option<BTreeMap<u64, Rc<str>>>,
@@ -158,8 +158,8 @@ impl Room {
             state,
             epoch: String::new(),
             last_seq: 0,
-            local: Vec::new(),
-            pending: Vec::new(),
+            local: HashMap::new(),
+            pending: HashMap::new(),
             people: None,
         }
     }
@@ -450,9 +450,9 @@ impl Cluster {
         let mut joins = Vec::new();
         for (name, room) in &mut self.rooms {
             room.state = RoomState::Island;
-            for member in room.pending.drain(..) {
+            for (id, member) in room.pending.drain() {
                 joins.push((Rc::clone(name), member.1));
-                room.local.push(member);
+                room.local.insert(id, member);
             }
         }
         let mut posts = Vec::new();
@@ -561,19 +561,19 @@ impl Cluster {
         let member = (id, key, Rc::clone(name));
         match entry.state {
             RoomState::Island => {
-                entry.local.push(member);
+                entry.local.insert(id, member);
                 return false;
             }
             RoomState::Subscribing => {
                 // The first: subscribe; the join script runs after the ack.
                 let first = entry.is_empty();
-                entry.pending.push(member);
+                entry.pending.insert(id, member);
                 if first {
                     self.command(Conn::Sub, &[b"SUBSCRIBE", channel(room).as_bytes()]);
                 }
             }
             RoomState::Syncing { .. } | RoomState::Live => {
-                entry.pending.push(member.clone());
+                entry.pending.insert(id, member.clone());
                 self.register(room, Purpose::Join, Some(&[member]));
             }
         }
@@ -653,8 +653,8 @@ impl Cluster {
         let Some(entry) = self.rooms.get_mut(room) else {
             return false;
         };
-        entry.local.retain(|m| m.0 != id);
-        entry.pending.retain(|m| m.0 != id);
+        entry.local.remove(&id);
+        entry.pending.remove(&id);
         let emptied = entry.is_empty();
         let island = matches!(entry.state, RoomState::Island) || !self.is_up();
         if emptied {
@@ -833,11 +833,17 @@ impl Cluster {
         let Some(entry) = self.rooms.get(room) else {
             return;
         };
-        let everyone: Vec<Local>;
+        let mut everyone: Vec<Local>;
         let members = match members {
             Some(members) => members,
             None => {
-                everyone = entry.local.iter().chain(&entry.pending).cloned().collect();
+                everyone = entry
+                    .local
+                    .values()
+                    .chain(entry.pending.values())
+                    .cloned()
+                    .collect();
+                everyone.sort_unstable_by_key(|m| m.0); // ids grow with arrivals here
                 &everyone
             }
         };
@@ -1107,10 +1113,9 @@ impl Cluster {
                 if let Some(people) = &mut entry.people {
                     people.insert(e.id, Rc::clone(&name));
                 }
-                if let Some(i) = entry.pending.iter().position(|m| m.0 == e.id) {
-                    let member = entry.pending.swap_remove(i);
+                if let Some(member) = entry.pending.remove(&e.id) {
                     let key = member.1;
-                    entry.local.push(member);
+                    entry.local.insert(e.id, member);
                     let people = entry
                         .people
                         .as_ref()
