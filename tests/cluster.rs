@@ -469,3 +469,61 @@ fn a_burst_of_members_stays_through_a_redis_restart() {
     }
     assert_eq!(counts.get(&false), Some(&(2 * EACH)), "nobody dropped");
 }
+
+#[test]
+fn relay_rooms_span_the_nodes_in_one_order_byte_for_byte() {
+    let Some(redis) = RedisServer::start("relay_rooms_span_the_nodes_in_one_order_byte_for_byte")
+    else {
+        return;
+    };
+    use common::{op, Raw};
+    let (one, two) = (node(&redis.url(), &[]), node(&redis.url(), &[]));
+    let mut members: Vec<Raw> = [one.addr(), one.addr(), two.addr(), two.addr()]
+        .into_iter()
+        .map(|addr| Raw::websocket(addr, "/relay/pub"))
+        .collect();
+    // A member's first message comes back to it and reaches the other node,
+    // once that node's subscription is acknowledged (a message sent before
+    // then waits for it, so the test waits until a probe crosses).
+    wait("both nodes subscribed", || {
+        members[0].send_frame(true, op::TEXT, b"probe");
+        members[2].send_frame(true, op::TEXT, b"probe");
+        let mut crossed = true;
+        for member in &mut members {
+            let (a, b) = (member.read_frame(), member.read_frame());
+            crossed &= a.is_some() && b.is_some();
+        }
+        crossed
+    });
+    const EACH: u8 = 30;
+    for i in 0..EACH {
+        members[0].send_frame(true, op::TEXT, format!("one-{i}").as_bytes());
+        members[3].send_frame(true, op::BINARY, &[0xff, i, 0]);
+    }
+    let mut orders = Vec::new();
+    for member in &mut members {
+        let mut order = Vec::new();
+        while order.len() < 2 * EACH as usize {
+            let frame = member
+                .read_frame()
+                .expect("every message reaches every member");
+            if frame.payload != b"probe" {
+                order.push((frame.opcode, frame.payload));
+            }
+        }
+        orders.push(order);
+    }
+    for order in &orders[1..] {
+        assert_eq!(order, &orders[0], "two members saw different orders");
+    }
+    let texts: Vec<&Vec<u8>> = orders[0]
+        .iter()
+        .filter(|(opcode, _)| *opcode == op::TEXT)
+        .map(|(_, p)| p)
+        .collect();
+    let sent: Vec<Vec<u8>> = (0..EACH).map(|i| format!("one-{i}").into_bytes()).collect();
+    assert_eq!(texts, sent.iter().collect::<Vec<_>>());
+    assert!(orders[0]
+        .iter()
+        .any(|(opcode, p)| *opcode == op::BINARY && p == &[0xff, 7, 0]));
+}

@@ -3,6 +3,7 @@
 //! deadline), the bound on what waits for Redis, and failing into island mode
 //! with a jittered, capped backoff. Sans-IO, part of [`Cluster`].
 
+use super::relay::relay_room_of;
 use super::rooms::channel;
 use super::*;
 
@@ -120,6 +121,7 @@ impl Cluster {
         self.in_flight_bytes = 0;
         self.happenings
             .push_back(Happening::Island { joins, posts });
+        self.relay_rooms_cut_off();
     }
 
     /// Timers: the liveness pings, the connect deadline, presence refresh.
@@ -251,9 +253,15 @@ impl Cluster {
         };
         match (kind.as_slice(), second, items.next()) {
             (b"message", Some(Reply::Bulk(channel)), Some(Reply::Bulk(payload))) => {
-                self.on_room_event(&channel, payload, now)
+                match relay_room_of(&channel) {
+                    Some(room) => self.on_relay_message(room, payload),
+                    None => self.on_room_event(&channel, payload, now),
+                }
             }
-            (b"subscribe", Some(Reply::Bulk(channel)), _) => self.on_subscribed(&channel),
+            (b"subscribe", Some(Reply::Bulk(channel)), _) => match relay_room_of(&channel) {
+                Some(room) => self.on_relay_subscribed(room),
+                None => self.on_subscribed(&channel),
+            },
             (b"unsubscribe", _, _) => {}
             (b"pong", _, _) => self.sub_ping = None,
             _ => {
@@ -291,6 +299,7 @@ impl Cluster {
             }
         }
         let mut args: Vec<Vec<u8>> = vec![b"SUBSCRIBE".to_vec()];
+        args.extend(self.relay_channels().map(String::into_bytes));
         for (name, room) in &mut self.rooms {
             room.state = RoomState::Subscribing;
             args.push(channel(name).into_bytes());
@@ -315,7 +324,12 @@ impl Cluster {
                 RoomState::Syncing { buffered } => buffered.iter().map(Vec::len).sum(),
                 _ => 0,
             })
-            .sum();
+            .sum::<usize>()
+            + self
+                .relay_rooms
+                .values()
+                .map(|r| r.held_bytes())
+                .sum::<usize>();
         let total = self.cmd_out.len()
             + self.sub_out.len()
             + self.cmd_in.buffered()

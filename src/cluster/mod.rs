@@ -33,6 +33,7 @@
 
 pub(crate) mod envelope;
 mod link;
+mod relay;
 pub(crate) mod resp;
 mod rooms;
 mod scripts;
@@ -204,6 +205,12 @@ pub(crate) enum Happening {
     },
     /// The room has no member on this node any more: forget its cache.
     Forget { room: Rc<str> },
+    /// A message for every member of relay room `room` here, verbatim.
+    Relay {
+        room: Rc<str>,
+        binary: bool,
+        payload: Vec<u8>,
+    },
 }
 
 /// Counters for `/metrics`.
@@ -254,6 +261,7 @@ pub(crate) struct Cluster {
     last_ping: Instant,
     next_refresh: Instant,
     rooms: HashMap<Rc<str>, Room>,
+    relay_rooms: HashMap<Rc<str>, relay::RelayRoom>,
     in_flight: VecDeque<InFlight>,
     in_flight_bytes: usize,
     island_tags: HashSet<Tag>,
@@ -299,6 +307,7 @@ impl Cluster {
             last_ping: now,
             next_refresh: now + settings.presence_ttl / 3,
             rooms: HashMap::new(),
+            relay_rooms: HashMap::new(),
             in_flight: VecDeque::new(),
             in_flight_bytes: 0,
             island_tags: HashSet::new(),

@@ -38,6 +38,11 @@ impl Server {
     ) -> bool {
         false
     }
+    pub(super) fn cluster_relay(&mut self, _room: &str, _frame: &SharedFrame) -> bool {
+        false
+    }
+    pub(super) fn cluster_join_relay(&mut self, _room: &str) {}
+    pub(super) fn cluster_leave_relay(&mut self, _room: &str) {}
     pub(super) fn exchange_with_redis(&mut self) {}
     pub(super) fn redis_deadline(&self) -> Option<std::time::Instant> {
         None
@@ -74,6 +79,7 @@ mod linked {
     use crate::cluster::{Cluster, Conn, Happening, Settings};
     use crate::config::Config;
     use crate::connection::Endpoint;
+    use crate::frame::{encode_frame, OpCode, MAX_HEADER_LEN};
     use crate::metrics::ClusterFigures;
     use crate::server::writes::deliver;
     use log::info;
@@ -353,6 +359,16 @@ mod linked {
                         }
                     }
                     Happening::Forget { room } => self.chat.forget(&room),
+                    Happening::Relay {
+                        room,
+                        binary,
+                        payload,
+                    } => {
+                        let opcode = if binary { OpCode::Binary } else { OpCode::Text };
+                        let mut frame = Vec::with_capacity(payload.len() + MAX_HEADER_LEN);
+                        encode_frame(&mut frame, opcode, &payload);
+                        self.relay_locally(&room, frame.into());
+                    }
                 }
             }
         }
@@ -436,6 +452,28 @@ mod linked {
                 Post::Rename => Kind::Rename,
             };
             link.cluster.post(room, kind, id, name, json.to_string())
+        }
+
+        /// A relay message: `true` if it went to Redis (delivered when it
+        /// comes back, on every node in one order).
+        pub(in crate::server) fn cluster_relay(&mut self, room: &str, frame: &SharedFrame) -> bool {
+            let Some(link) = &mut self.redis else {
+                return false;
+            };
+            let binary = frame.first().is_some_and(|b| b & 0x0f == 0x2);
+            link.cluster.relay(room, binary, payload_of(frame))
+        }
+
+        pub(in crate::server) fn cluster_join_relay(&mut self, room: &str) {
+            if let Some(link) = &mut self.redis {
+                link.cluster.join_relay(room);
+            }
+        }
+
+        pub(in crate::server) fn cluster_leave_relay(&mut self, room: &str) {
+            if let Some(link) = &mut self.redis {
+                link.cluster.leave_relay(room);
+            }
         }
 
         /// A member leaves: `true` if the cluster announces it.

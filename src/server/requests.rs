@@ -220,6 +220,7 @@ impl Server {
             Endpoint::Relay { room } => {
                 info!("{peer} [{key}] upgraded: {}", request.target);
                 self.relay.join(room, key);
+                self.cluster_join_relay(room); // cluster.rs
             }
             Endpoint::Chat { room, member, .. } => {
                 info!(

@@ -87,7 +87,16 @@ impl Server {
     }
 
     /// Passes a message on verbatim to every member of relay room `room`.
+    /// In a cluster (linked) it goes through Redis and is delivered when it
+    /// comes back, on every node in one order (`cluster.rs`).
     pub(super) fn relay(&mut self, room: &str, frame: SharedFrame) {
+        if !self.cluster_relay(room, &frame) {
+            self.relay_locally(room, frame);
+        }
+    }
+
+    /// Passes a message on to every member of relay room `room` here.
+    pub(super) fn relay_locally(&mut self, room: &str, frame: SharedFrame) {
         self.metrics.relays += 1;
         let (_, connections, mut outbox, relay, deflate) = self.split_for_fan_out();
         fan_out(
@@ -154,6 +163,7 @@ impl Server {
             Endpoint::Relay { room } => {
                 let room = Rc::clone(room);
                 self.relay.leave(&room, key);
+                self.cluster_leave_relay(&room);
                 return;
             }
             Endpoint::Echo => return,
