@@ -251,6 +251,11 @@ fn describe(h: &Happening) -> String {
         Happening::Seed { room, json } => format!("seed {room} {json}"),
         Happening::Island { joins, posts } => format!("island joins {joins:?} posts {posts:?}"),
         Happening::Forget { room } => format!("forget {room}"),
+        Happening::Relay {
+            room,
+            binary,
+            payload,
+        } => format!("relay {room} binary {binary} {payload:?}"),
     }
 }
 
@@ -1925,4 +1930,59 @@ proptest! {
             check(&mut n, &mut islands);
         }
     }
+}
+
+// ---- relay rooms ----
+
+fn relay_reply(kind: &str, room: &str, third: Reply) -> Vec<u8> {
+    resp(&Reply::Array(vec![
+        bulk(kind),
+        bulk(format!("lcr:{{{room}}}")),
+        third,
+    ]))
+}
+
+#[test]
+fn a_relay_message_waits_for_the_subscription_then_comes_back_verbatim() {
+    let mut n = Node::up(plain());
+    n.c.join_relay("p");
+    assert_eq!(n.cmds(Conn::Sub), [["SUBSCRIBE", "lcr:{p}"]]);
+    // Sent before the ack: held, so that it cannot miss this node's own members.
+    assert!(n.c.relay("p", false, b"hi"));
+    assert!(n.cmds(Conn::Cmd).is_empty());
+    n.feed(Conn::Sub, &relay_reply("subscribe", "p", Reply::Integer(1)));
+    assert_eq!(n.cmds(Conn::Cmd), [["PUBLISH", "lcr:{p}", "thi"]]);
+    n.feed(Conn::Cmd, &integer(1));
+    n.feed(Conn::Sub, &relay_reply("message", "p", bulk(b"b\x00\xff")));
+    n.feed(Conn::Sub, &relay_reply("message", "p", bulk(b"thello")));
+    assert_eq!(
+        n.said(),
+        [
+            "relay p binary true [0, 255]".to_string(),
+            "relay p binary false [104, 101, 108, 108, 111]".to_string(),
+        ]
+    );
+    // A payload without its kind byte, or text that is not UTF-8: dropped, counted.
+    n.feed(Conn::Sub, &relay_reply("message", "p", bulk(b"")));
+    n.feed(Conn::Sub, &relay_reply("message", "p", bulk(b"t\xff")));
+    assert!(n.said().is_empty());
+    assert_eq!(n.c.metrics.bad_replies, 2);
+    assert!(n.c.is_up());
+    // The last member leaving unsubscribes.
+    n.c.leave_relay("p");
+    assert_eq!(n.cmds(Conn::Sub), [["UNSUBSCRIBE", "lcr:{p}"]]);
+}
+
+#[test]
+fn relay_messages_held_when_the_link_fails_are_delivered_here() {
+    let mut n = Node::up(plain());
+    n.c.join_relay("p");
+    n.cmds(Conn::Sub);
+    assert!(n.c.relay("p", false, b"held"));
+    n.feed(Conn::Cmd, b"-ERR boom\r\n");
+    let said = n.said();
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert_eq!(said[1], "relay p binary false [104, 101, 108, 100]");
+    // Down: the server relays locally.
+    assert!(!n.c.relay("p", false, b"local"));
 }
