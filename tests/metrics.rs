@@ -195,3 +195,40 @@ fn metrics_page_parses_as_prometheus_text() {
         assert!(families.contains(&family), "{family} not in {families:?}");
     }
 }
+
+/// A cluster node's page (`--redis`) parses too, with the link's families:
+/// here the Redis is unreachable (nothing listens on the port), so the node
+/// serves alone and says so.
+#[cfg(feature = "redis")]
+#[test]
+fn a_cluster_node_s_metrics_parse_and_show_the_link() {
+    if let Some(reason) = parser_missing() {
+        skip::skip(TEST, &reason, FIX);
+        return;
+    }
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", unused.local_addr().unwrap());
+    drop(unused);
+    let server = start(config_with(|c| {
+        c.redis = Some(loopchat::redis_url::RedisUrl::parse(&url).unwrap());
+    }));
+    assert!(eventually(READ_TIMEOUT, || {
+        metric(server.addr, "loopchat_cluster_link_failures_total") >= 1
+    }));
+    let page = try_metrics(server.addr).expect("GET /metrics answers 200");
+    server.stop().expect("server stops");
+    let parsed = parse(&page);
+    let families: Vec<&str> = parsed.families.iter().map(|(n, _)| n.as_str()).collect();
+    for family in [
+        "loopchat_cluster_link_up",
+        "loopchat_cluster_reconnects",
+        "loopchat_cluster_posts",
+        "loopchat_cluster_gaps_unrepaired",
+        "loopchat_cluster_island_messages",
+        "loopchat_cluster_commands",
+        "loopchat_cluster_writes",
+    ] {
+        assert!(families.contains(&family), "{family} not in {families:?}");
+    }
+    assert_eq!(parsed.value("loopchat_cluster_link_up"), Some(0.0));
+}
