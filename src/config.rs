@@ -642,6 +642,41 @@ mod tests {
     }
 
     #[test]
+    fn cluster_flags() {
+        let c = parse(&[
+            "--redis",
+            "redis://:pw@10.0.0.5:6380/2",
+            "--reuse-port",
+            "--presence-ttl",
+            "5s",
+            "--redis-ping",
+            "250ms",
+            "--redis-max-queue",
+            "1MiB",
+        ]);
+        if cfg!(feature = "redis") {
+            let c = c.unwrap();
+            let url = c.redis.unwrap();
+            assert_eq!((url.host.as_str(), url.port, url.db), ("10.0.0.5", 6380, 2));
+            assert_eq!(url.password.as_deref(), Some("pw"));
+            assert!(c.reuse_port);
+            assert_eq!(c.presence_ttl, Duration::from_secs(5));
+            assert_eq!(c.redis_ping, Duration::from_millis(250));
+            assert_eq!(c.redis_max_queue, 1 << 20);
+            let bad = parse(&["--redis", "localhost:6379"]).unwrap_err();
+            assert!(
+                bad.starts_with("--redis: ") && bad.contains("redis://"),
+                "{bad}"
+            );
+        } else {
+            assert!(c.unwrap_err().contains("without the `redis` feature"));
+        }
+        let c = parse(&[]).unwrap();
+        assert!(c.redis.is_none() && !c.reuse_port);
+        assert_eq!(c.presence_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
     fn version_in_long_and_short_form() {
         assert_eq!(parse(&["--version"]).unwrap_err(), "version");
         assert_eq!(parse(&["-V"]).unwrap_err(), "version");
