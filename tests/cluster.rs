@@ -527,3 +527,24 @@ fn relay_rooms_span_the_nodes_in_one_order_byte_for_byte() {
         .iter()
         .any(|(opcode, p)| *opcode == op::BINARY && p == &[0xff, 7, 0]));
 }
+
+#[test]
+fn a_node_shut_down_gracefully_announces_its_members_leaving_at_once() {
+    let Some(redis) =
+        RedisServer::start("a_node_shut_down_gracefully_announces_its_members_leaving_at_once")
+    else {
+        return;
+    };
+    let one = node(&redis.url(), &[]);
+    let mut two = node(&redis.url(), &[]);
+    let mut ann = ChatClient::join(one.addr(), "g", "ann");
+    let _bob = ChatClient::join(two.addr(), "g", "bob");
+    ann.wait_for(DEADLINE, |m| online(m) == Some(2));
+    // SIGTERM: the presence TTL is the default 30 s, longer than the deadline,
+    // so the leave can only come from the shutdown itself.
+    let pid = rustix::process::Pid::from_raw(two.pid() as i32).expect("a PID");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let left = ann.wait_for(DEADLINE, |m| is_type(m, "leave") && m.contains("bob"));
+    assert_eq!(left.as_deref().and_then(online), Some(1), "{:?}", ann.seen);
+    two.kill9(); // reaps it (it has exited by now)
+}

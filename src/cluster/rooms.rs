@@ -5,6 +5,27 @@
 use super::*;
 
 impl Cluster {
+    /// The node shuts down: its members leave every room now, each with its
+    /// leave notice, rather than when their presence expires.
+    pub(crate) fn leave_everything(&mut self) {
+        let rooms = std::mem::take(&mut self.rooms);
+        if !self.is_up() {
+            return;
+        }
+        for (name, room) in rooms {
+            let mut ids: Vec<u64> = room
+                .local
+                .keys()
+                .chain(room.pending.keys())
+                .copied()
+                .collect();
+            ids.sort_unstable();
+            for id in ids {
+                self.send_leave(&name, id);
+            }
+        }
+    }
+
     /// A member asks to join `room`. `true`: it waits for its join notice to
     /// come back from Redis (a `Welcome` follows); `false`: the link is down,
     /// and the server joins it locally.

@@ -132,6 +132,7 @@ impl Server {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        self.cluster_shutdown(); // cluster.rs: this node's members leave their rooms
         let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
         for key in keys {
             let Some((conn, mut outbox)) = self.connection_and_outbox(key) else {

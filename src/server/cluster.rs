@@ -44,6 +44,7 @@ impl Server {
     pub(super) fn cluster_join_relay(&mut self, _room: &str) {}
     pub(super) fn cluster_leave_relay(&mut self, _room: &str) {}
     pub(super) fn exchange_with_redis(&mut self) {}
+    pub(super) fn cluster_shutdown(&mut self) {}
     pub(super) fn redis_deadline(&self) -> Option<std::time::Instant> {
         None
     }
@@ -473,6 +474,14 @@ mod linked {
         pub(in crate::server) fn cluster_leave_relay(&mut self, room: &str) {
             if let Some(link) = &mut self.redis {
                 link.cluster.leave_relay(room);
+            }
+        }
+
+        /// Shutting down: every member here leaves its room (their leave
+        /// scripts go out with the loop's next Redis step).
+        pub(in crate::server) fn cluster_shutdown(&mut self) {
+            if let Some(link) = &mut self.redis {
+                link.cluster.leave_everything();
             }
         }
 
