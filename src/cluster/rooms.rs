@@ -152,6 +152,13 @@ impl Cluster {
                 self.in_flight_bytes = self.in_flight.iter().map(|p| p.json.len()).sum();
             }
         }
+        if emptied {
+            // The node's cache of the room would go stale (and, kept, would
+            // be replayed again with Redis's history by the next seed).
+            self.happenings.push_back(Happening::Forget {
+                room: Rc::clone(room),
+            });
+        }
         if island {
             if self.island_leaves.len() < ISLAND_LEAVES_KEPT {
                 self.island_leaves.push((Rc::clone(room), id));
@@ -161,9 +168,6 @@ impl Cluster {
         self.send_leave(room, id);
         if emptied {
             self.command(Conn::Sub, &[b"UNSUBSCRIBE", channel(room).as_bytes()]);
-            self.happenings.push_back(Happening::Forget {
-                room: Rc::clone(room),
-            });
         }
         true
     }

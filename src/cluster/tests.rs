@@ -1243,7 +1243,7 @@ fn relink_resubscribes_in_one_subscribe_sends_island_leaves_and_repairs() {
     assert!(!n.c.join(&"t".into(), 5, erin, &"erin".into()));
     assert!(!n.c.post("r", Kind::Message, ann, "ann", "{}".to_string()));
     assert!(n.cmds(Conn::Cmd).is_empty() && n.cmds(Conn::Sub).is_empty());
-    assert!(n.said().is_empty());
+    assert_eq!(n.said(), ["forget u"], "the emptied room's cache goes");
 
     n.advance(Duration::from_millis(125));
     n.link(NODE as i64);
@@ -1404,7 +1404,7 @@ fn leave_while_down_is_refused() {
     assert!(!n.c.join(&room, 1, ann, &"ann".into()));
     assert!(!n.c.leave(&room, ann));
     assert!(n.cmds(Conn::Cmd).is_empty() && n.cmds(Conn::Sub).is_empty());
-    assert!(n.said().is_empty(), "no Forget: the server does it locally");
+    assert_eq!(n.said(), ["forget r"], "the emptied room's cache goes");
 
     // After a failure, too.
     let (mut n, _) = busy(plain());
