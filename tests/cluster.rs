@@ -17,9 +17,19 @@ use std::time::Duration;
 /// Generous: a condition that holds is met long before.
 const DEADLINE: Duration = Duration::from_secs(15);
 
+/// A node, once its link to Redis is up (until then, a few milliseconds after
+/// it listens, it serves alone, and a member joining would be counted locally).
+fn node(redis_url: &str, extra: &[&str]) -> Node {
+    let node = unlinked_node(redis_url, extra);
+    wait("the node's link to Redis", || {
+        metric(node.addr(), "loopchat_cluster_link_up") == 1
+    });
+    node
+}
+
 /// Fast liveness, so that faults are found in a test's time (the default is
 /// 1 s). Tests where members must expire add `FAST_EXPIRY`.
-fn node(redis_url: &str, extra: &[&str]) -> Node {
+fn unlinked_node(redis_url: &str, extra: &[&str]) -> Node {
     let mut args = vec![
         "--redis",
         redis_url,
@@ -312,7 +322,7 @@ fn a_node_started_without_redis_serves_alone_then_joins() {
         return;
     };
     redis.kill9(); // its port is now free: nothing answers there
-    let lonely = node(&redis.url(), &[]);
+    let lonely = unlinked_node(&redis.url(), &[]);
     let mut ann = ChatClient::join(lonely.addr(), "a", "ann");
     let mut amy = ChatClient::join(lonely.addr(), "a", "amy");
     ann.say("local");
@@ -381,6 +391,9 @@ fn past_redis_max_queue_the_node_goes_alone() {
         "--max-message-rate",
         "0",
     ]);
+    wait("the link", || {
+        metric(one.addr(), "loopchat_cluster_link_up") == 1
+    });
     let mut ann = ChatClient::join(one.addr(), "q", "ann");
     redis.pause();
     let text = "x".repeat(16 * 1024);
