@@ -119,6 +119,7 @@ impl Cluster {
             }
         }
         self.in_flight_bytes = 0;
+        self.queued_posts.clear(); // in `posts` above, delivered here
         self.happenings
             .push_back(Happening::Island { joins, posts });
         self.relay_rooms_cut_off();
@@ -310,7 +311,16 @@ impl Cluster {
         }
     }
 
+    /// Queues a command; the posts queued before it go first, so that the
+    /// commands keep the order they were asked in.
     pub(super) fn command(&mut self, conn: Conn, args: &[&[u8]]) {
+        if conn == Conn::Cmd {
+            self.flush_posts();
+        }
+        self.send(conn, args);
+    }
+
+    pub(super) fn send(&mut self, conn: Conn, args: &[&[u8]]) {
         self.metrics.commands += 1;
         encode_command(self.output(conn), args);
     }

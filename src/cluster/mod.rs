@@ -230,6 +230,19 @@ pub(crate) struct ClusterMetrics {
     pub writes: u64,
 }
 
+/// Posts per script call at most.
+const POSTS_PER_CALL: usize = 128;
+
+/// A room's posts queued during this loop iteration, sent as one script call:
+/// their kind, member id, name and JSON.
+#[derive(Debug)]
+struct PostBatch {
+    room: Rc<str>,
+    /// The post number of the first (the rest follow in order).
+    first: u64,
+    posts: Vec<(Kind, u64, Rc<str>, String)>,
+}
+
 /// A post sent to Redis and not yet back.
 #[derive(Debug)]
 struct InFlight {
@@ -263,6 +276,8 @@ pub(crate) struct Cluster {
     rooms: HashMap<Rc<str>, Room>,
     relay_rooms: HashMap<Rc<str>, relay::RelayRoom>,
     in_flight: VecDeque<InFlight>,
+    /// Posts of this iteration not yet sent (`flush_posts`).
+    queued_posts: Vec<PostBatch>,
     in_flight_bytes: usize,
     island_tags: HashSet<Tag>,
     island_tag_order: VecDeque<Tag>,
@@ -309,6 +324,7 @@ impl Cluster {
             rooms: HashMap::new(),
             relay_rooms: HashMap::new(),
             in_flight: VecDeque::new(),
+            queued_posts: Vec::new(),
             in_flight_bytes: 0,
             island_tags: HashSet::new(),
             island_tag_order: VecDeque::new(),

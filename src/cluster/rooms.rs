@@ -95,47 +95,76 @@ impl Cluster {
             node: self.node,
             post: self.next_post,
         };
-        let tag_text = tag.to_string();
-        let keep = self.settings.history.to_string();
-        let sha = self.shas[1].clone();
-        let (keys, epoch) = (keys(&room), self.epoch_candidate.clone());
-        self.command(
-            Conn::Cmd,
-            &[
-                b"EVALSHA",
-                sha.as_bytes(),
-                b"4",
-                keys[0].as_bytes(),
-                keys[1].as_bytes(),
-                keys[2].as_bytes(),
-                keys[3].as_bytes(),
-                channel(&room).as_bytes(),
-                epoch.as_bytes(),
-                tag_text.as_bytes(),
-                kind.letter().as_bytes(),
-                id.to_string().as_bytes(),
-                name.as_bytes(),
-                json.as_bytes(),
-                keep.as_bytes(),
-                ROOM_TTL_SECONDS.to_string().as_bytes(),
-            ],
-        );
-        self.expect.push_back(Expect::Post);
         self.metrics.posts += 1;
         self.in_flight_bytes += json.len();
         self.in_flight.push_back(InFlight {
             tag,
-            room,
+            room: Rc::clone(&room),
             kind,
-            json,
+            json: json.clone(),
         });
+        // Sent with the room's other posts of this iteration (`flush_posts`).
+        let post = (kind, id, Rc::from(name), json);
+        match self.queued_posts.last_mut() {
+            Some(batch) if batch.room == room && batch.posts.len() < POSTS_PER_CALL => {
+                batch.posts.push(post);
+            }
+            _ => self.queued_posts.push(PostBatch {
+                room,
+                first: tag.post,
+                posts: vec![post],
+            }),
+        }
         true
+    }
+
+    /// Sends the posts queued so far, one script call per room's run of posts
+    /// (their JSON is in `in_flight`, in the same order). Called before any
+    /// other command, so that the commands keep the order they were asked in,
+    /// and at the end of the loop's Redis step.
+    pub(crate) fn flush_posts(&mut self) {
+        let batches = std::mem::take(&mut self.queued_posts);
+        if batches.is_empty() {
+            return;
+        }
+        let (sha, epoch) = (self.shas[1].clone(), self.epoch_candidate.clone());
+        let (node, keep) = (self.node.to_string(), self.settings.history.to_string());
+        let room_ttl = ROOM_TTL_SECONDS.to_string();
+        for batch in batches {
+            let (keys, channel) = (keys(&batch.room), channel(&batch.room));
+            let (first, count) = (batch.first.to_string(), batch.posts.len().to_string());
+            let ids: Vec<String> = batch.posts.iter().map(|p| p.1.to_string()).collect();
+            let mut args: Vec<&[u8]> = vec![b"EVALSHA", sha.as_bytes(), b"4"];
+            args.extend(keys.iter().map(|k| k.as_bytes()));
+            args.extend([
+                channel.as_bytes(),
+                epoch.as_bytes(),
+                node.as_bytes(),
+                first.as_bytes(),
+                count.as_bytes(),
+                keep.as_bytes(),
+            ]);
+            for ((kind, _, name, json), id) in batch.posts.iter().zip(&ids) {
+                args.extend([
+                    kind.letter().as_bytes(),
+                    id.as_bytes(),
+                    name.as_bytes(),
+                    json.as_bytes(),
+                ]);
+            }
+            args.push(room_ttl.as_bytes());
+            self.send(Conn::Cmd, &args);
+            self.expect.push_back(Expect::Post);
+        }
     }
 
     /// Member `id` leaves `room`. `true`: its leave notice will come back from
     /// Redis; `false`: the link is down, and the server announces it locally.
     /// A room left without members is unsubscribed and forgotten.
     pub(crate) fn leave(&mut self, room: &Rc<str>, id: u64) -> bool {
+        // What the member said before leaving goes first (and still goes if
+        // it was the room's last member here).
+        self.flush_posts();
         let Some(entry) = self.rooms.get_mut(room) else {
             return false;
         };

@@ -314,7 +314,11 @@ impl Node {
     }
 
     /// The commands written to `conn` since last asked.
+    /// (As the loop's Redis step does, posts queued meanwhile are sent first.)
     fn cmds(&mut self, conn: Conn) -> Vec<Vec<String>> {
+        if conn == Conn::Cmd {
+            self.c.flush_posts();
+        }
         let bytes = std::mem::take(self.c.output(conn));
         decode_commands(&bytes)
     }
@@ -927,19 +931,21 @@ fn a_post_goes_out_as_a_script_and_is_delivered_once_when_it_comes_back() {
     let cmd = n.cmds(Conn::Cmd);
     assert_eq!(cmd.len(), 1);
     let c = &cmd[0];
-    assert_eq!(c.len(), 16, "{c:?}");
+    assert_eq!(c.len(), 18, "{c:?}");
     assert_eq!(c[..3], ["EVALSHA", n.shas[1].as_str(), "4"]);
     assert_eq!(c[3..7], keys("r")[..]);
     assert_eq!(c[7], "lc:{r}");
     assert_eq!(
         c[9..],
         [
-            "1.1",
+            "1",
+            "1",
+            "1",
+            "100",
             "m",
             ann.to_string().as_str(),
             "ann",
             text,
-            "100",
             "86400"
         ]
     );
@@ -956,8 +962,8 @@ fn a_post_goes_out_as_a_script_and_is_delivered_once_when_it_comes_back() {
     // The next post has the next tag; a rename says `r`.
     assert!(n.c.post("r", Kind::Rename, ann, "anna", "{}".to_string()));
     let cmd = n.cmds(Conn::Cmd);
-    assert_eq!(cmd[0][9..12], ["1.2", "r", ann.to_string().as_str()]);
-    assert_eq!(cmd[0][12], "anna");
+    assert_eq!(cmd[0][9..12], ["1", "2", "1"], "node, first post, count");
+    assert_eq!(cmd[0][13..16], ["r", ann.to_string().as_str(), "anna"]);
     assert_eq!(n.c.metrics.posts, 2);
     assert!(n.c.is_up());
 }
@@ -1310,7 +1316,7 @@ fn relink_resubscribes_in_one_subscribe_sends_island_leaves_and_repairs() {
     assert_eq!(n.said(), [other_msg_event("r", 4), other_msg_event("s", 3)]);
     // Post numbers go on: the island post's tag is not used again.
     assert!(n.c.post("r", Kind::Message, ann, "ann", "{}".to_string()));
-    assert_eq!(n.cmds(Conn::Cmd)[0][9], "1.2");
+    assert_eq!(n.cmds(Conn::Cmd)[0][9..11], ["1", "2"]);
     assert_eq!(n.c.metrics.link_ups, 2);
 }
 
@@ -1754,10 +1760,16 @@ impl FakeRedis {
                     .push_back(synced("e1", self.seq as i64, &history, None));
             } else {
                 assert_eq!(c[1], n.shas[1], "the post script: {c:?}");
-                self.seq += 1;
-                let id: u64 = c[11].parse().unwrap();
-                let envelope = ev_post("e1", self.seq, id, 1, &c[9], &c[12], &c[13]);
-                self.publish(envelope, c[13].clone(), lost, false);
+                let first: u64 = c[10].parse().unwrap();
+                let count: usize = c[11].parse().unwrap();
+                for i in 0..count {
+                    let at = 13 + 4 * i;
+                    self.seq += 1;
+                    let id: u64 = c[at + 1].parse().unwrap();
+                    let tag = format!("{}.{}", c[9], first + i as u64);
+                    let envelope = ev_post("e1", self.seq, id, 1, &tag, &c[at + 2], &c[at + 3]);
+                    self.publish(envelope, c[at + 3].clone(), lost, false);
+                }
                 self.to_cmd.push_back(posted("e1", self.seq as i64));
             }
         }
@@ -1985,4 +1997,68 @@ fn relay_messages_held_when_the_link_fails_are_delivered_here() {
     assert_eq!(said[1], "relay p binary false [104, 101, 108, 100]");
     // Down: the server relays locally.
     assert!(!n.c.relay("p", false, b"local"));
+}
+
+// ---- posts of one iteration: one script call per room ----
+
+#[test]
+fn a_room_s_posts_of_one_iteration_go_in_one_script_call() {
+    let mut n = Node::up(plain());
+    let ann = n.join_cold("r", 1, "ann", 0);
+    let bob = n.join_cold("s", 2, "bob", 0);
+    for i in 0..3 {
+        assert!(n
+            .c
+            .post("r", Kind::Message, ann, "ann", format!("{{\"r\":{i}}}")));
+    }
+    assert!(n
+        .c
+        .post("s", Kind::Message, bob, "bob", "{\"s\":0}".to_string()));
+    assert!(n
+        .c
+        .post("r", Kind::Rename, ann, "anna", "{\"r\":3}".to_string()));
+    let cmd = n.cmds(Conn::Cmd);
+    // r's run of three, s's one, then r's rename: the order asked in holds.
+    let runs: Vec<(&str, &str, &str)> = cmd
+        .iter()
+        .map(|c| (c[7].as_str(), c[10].as_str(), c[11].as_str()))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("lc:{r}", "1", "3"),
+            ("lc:{s}", "4", "1"),
+            ("lc:{r}", "5", "1")
+        ]
+    );
+    assert_eq!(
+        cmd[0][13..],
+        [
+            "m",
+            &ann.to_string(),
+            "ann",
+            "{\"r\":0}",
+            "m",
+            &ann.to_string(),
+            "ann",
+            "{\"r\":1}",
+            "m",
+            &ann.to_string(),
+            "ann",
+            "{\"r\":2}",
+            "86400"
+        ]
+    );
+    // A join (another command) flushes what was queued before it.
+    assert!(n
+        .c
+        .post("r", Kind::Message, ann, "ann", "{\"r\":4}".to_string()));
+    let cat = n.c.member_id();
+    assert!(n.c.join(&"r".into(), 3, cat, &"cat".into()));
+    let cmd = n.cmds(Conn::Cmd);
+    assert_eq!(cmd.len(), 2);
+    assert_eq!(
+        (cmd[0][1].as_str(), cmd[1][1].as_str()),
+        (n.shas[1].as_str(), n.shas[0].as_str())
+    );
 }

@@ -165,6 +165,9 @@ mod linked {
                 self.connect_to_redis(now);
             }
             self.do_happenings();
+            if let Some(link) = &mut self.redis {
+                link.cluster.flush_posts(); // a room's posts of this iteration: one script call
+            }
             for conn in [Conn::Cmd, Conn::Sub] {
                 self.write_to_redis(conn);
             }
