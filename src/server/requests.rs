@@ -219,7 +219,7 @@ impl Server {
             Endpoint::Echo => info!("{peer} [{key}] upgraded: {}", request.target),
             Endpoint::Relay { room } => {
                 info!("{peer} [{key}] upgraded: {}", request.target);
-                self.relay.join(room, key);
+                self.join_relay(room, key); // rooms.rs
             }
             Endpoint::Chat { room, member, .. } => {
                 self.next_member_id += 1;
