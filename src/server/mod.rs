@@ -36,6 +36,9 @@ mod tls;
 mod websocket;
 mod writes;
 
+#[cfg(test)]
+mod batch_tests;
+
 pub use handle::{spawn, RunningServer, ServerHandle};
 
 use crate::chat::{Chat, ChatLimits};
