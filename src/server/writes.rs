@@ -1,8 +1,9 @@
 //! Writing: the one path by which frames reach a connection's queue, and the one
 //! place queues are written to sockets.
 //!
-//! [`queue_frame`] queues a frame under `--max-output` (a peer past it is closed
-//! as a slow reader instead) and puts the connection on the flush list;
+//! [`queue_frame`] queues a frame, or a room's batch of frames (`batches.rs`),
+//! under `--max-output` (a peer past it is closed as a slow reader instead) and
+//! puts the connection on the flush list;
 //! [`Server::flush_pending_writes`] writes the listed connections, at most
 //! `FLUSHES_PER_ITERATION` per loop iteration, each with as few system calls as
 //! its queue allows ("write before sleeping": a connection waits for a writable
