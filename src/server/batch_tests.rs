@@ -548,3 +548,119 @@ fn a_slow_reader_found_mid_batch_leaves_after_it_and_the_others_get_everything()
     assert_eq!(messages(&to_slow), sent[..to_slow.len()]);
     assert!(to_slow.len() < sent.len());
 }
+
+// ---- What batching saves ---------------------------------------------------------
+
+/// CPU time this thread has run, from `/proc/thread-self/schedstat`.
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    let ns: u64 = stat.split_whitespace().next().unwrap().parse().unwrap();
+    Duration::from_nanos(ns)
+}
+
+/// The server thread's CPU time per delivery to a relay room of `members`, with
+/// `per_iteration` messages sent to the room in every loop iteration, queued
+/// either one message at a time on every member (`per_message`: what the loop
+/// did before room batches; a batch step after each message is exactly that)
+/// or as one batch per iteration. Open loop: every iteration gets the same
+/// number of messages whatever the server's speed, and a thread reads every
+/// member's socket meanwhile, so the comparison does not depend on how a
+/// client paces itself. Returns (ns of server CPU per delivery, deliveries).
+fn fan_out_cost(
+    members: usize,
+    per_iteration: usize,
+    iterations: usize,
+    per_message: bool,
+) -> (f64, u64) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut l = Loop::new(|c| c.max_output = 64 << 20);
+    let mut clients: Vec<Client> = (0..members).map(|_| l.open()).collect();
+    for client in &mut clients {
+        client.send(upgrade_request("/relay/cost", "").as_bytes());
+    }
+    l.settle();
+    assert_eq!(l.server.relay.members("cost").len(), members);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = Arc::clone(&stop);
+        let mut streams: Vec<TcpStream> = clients.into_iter().map(|c| c.stream).collect();
+        std::thread::spawn(move || {
+            let mut sink = vec![0u8; 1 << 16];
+            for stream in &mut streams {
+                stream.set_nonblocking(true).unwrap();
+            }
+            while !stop.load(Ordering::Relaxed) {
+                for stream in &mut streams {
+                    while let Ok(n) = stream.read(&mut sink) {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let payload = [b'x'; 32];
+    let frames_before = l.server.metrics.frames_out;
+    let start = thread_cpu();
+    for _ in 0..iterations {
+        for _ in 0..per_iteration {
+            l.server.relay("cost", relayed(OpCode::Text, &payload));
+            if per_message {
+                l.server.queue_room_batches();
+            }
+        }
+        l.server.iterate(&mut l.events, Duration::ZERO).unwrap();
+    }
+    while !l.server.pending.flush.is_empty() {
+        l.server.iterate(&mut l.events, Duration::ZERO).unwrap();
+    }
+    let cpu = thread_cpu() - start;
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    assert_eq!(l.server.metrics.slow_readers_dropped, 0);
+    let deliveries = l.server.metrics.frames_out - frames_before;
+    assert_eq!(deliveries, (members * per_iteration * iterations) as u64);
+    (cpu.as_nanos() as f64 / deliveries as f64, deliveries)
+}
+
+/// `cargo test --release --lib what_batching_saves -- --ignored --nocapture`:
+/// server CPU per delivery, per message against per iteration, interleaved
+/// (`BATCH_COST_CASES=100x1,1000x16` picks the cases, members x messages per
+/// iteration; `BATCH_COST_RUNS` the runs of each, 3 by default; the median is
+/// shown, and the range).
+#[test]
+#[ignore = "a measurement: run it by hand in release"]
+fn what_batching_saves() {
+    let cases = std::env::var("BATCH_COST_CASES")
+        .unwrap_or_else(|_| "100x1,100x4,100x16,1000x1,1000x4,1000x16".into());
+    let runs: usize = (std::env::var("BATCH_COST_RUNS").ok())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3);
+    for case in cases.split(',') {
+        let (members, per_iteration) = case.split_once('x').unwrap();
+        let (members, per_iteration): (usize, usize) =
+            (members.parse().unwrap(), per_iteration.parse().unwrap());
+        let iterations = 200_000 / (members * per_iteration) * 10;
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            before.push(fan_out_cost(members, per_iteration, iterations, true).0);
+            after.push(fan_out_cost(members, per_iteration, iterations, false).0);
+        }
+        before.sort_by(f64::total_cmp);
+        after.sort_by(f64::total_cmp);
+        let (mid, last) = (runs / 2, runs - 1);
+        println!(
+            "{members} members, {per_iteration} messages per iteration: per message {:.0} ns \
+             per delivery ({:.0}-{:.0}), batched {:.0} ns ({:.0}-{:.0}): {:.2}x",
+            before[mid],
+            before[0],
+            before[last],
+            after[mid],
+            after[0],
+            after[last],
+            after[mid] / before[mid]
+        );
+    }
+}
