@@ -11,7 +11,8 @@
 //! plain, or, for members that agreed to permessage-deflate, each frame's
 //! compressed form (made at most once per frame, as a lone broadcast's is) where
 //! it is worth it. A member's cost is then one queue push per iteration, not per
-//! message, and its flush one plain `write` where the batch fits the socket.
+//! message, and its flush one plain `write` when the batch is all it has queued
+//! and fits the socket.
 //!
 //! # Order
 //!
@@ -44,8 +45,9 @@
 //! 5. **A slow reader's close** needs none of this: its unsent backlog is
 //!    dropped with it, and the batch step finds it taking no more frames.
 //!
-//! Output that is neither (a newcomer's welcome and history, HTTP responses,
-//! echo replies) goes to connections that are in no room yet, or in none.
+//! The rest needs none of it: a newcomer's welcome and history are queued just
+//! after its room's batch went out (2), before anything else is sent to the
+//! room; HTTP responses and echo replies go to connections in no room.
 //!
 //! # Memory and limits
 //!
@@ -53,11 +55,13 @@
 //! held), and the step makes one buffer per kind of member, shared by all of
 //! them: the bytes that were queued before, once. `--max-output` counts a
 //! batch's bytes on each member as it counted its frames: the queue is checked
-//! before the batch (as before each frame) and after it, less its last frame (as
-//! before that frame), so a peer is a slow reader exactly when it was one with
-//! frames queued one by one; its unsent backlog, the batch included unless it
-//! has started to go out, is dropped.
+//! before the batch (as before its first frame) and after it, less its last
+//! frame (as before that frame), each time after writing early if it is over,
+//! so a queue still holds at most the limit plus one message. A peer found past
+//! it has its unsent backlog dropped, the batch included unless it has started
+//! to go out (then the rest of the batch, whole frames, goes before the close).
 
+use super::compression::Deflate;
 use super::writes::{push_frame, queue_frame, BatchFrames, Outbox, Outgoing};
 use super::Server;
 use crate::chat::SharedFrame;
@@ -67,8 +71,6 @@ use crate::frame;
 use crate::output::OutputQueue;
 use std::collections::HashMap;
 use std::rc::Rc;
-
-use super::compression::Deflate;
 
 /// Which kind of room: chat rooms and relay rooms are separate namespaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

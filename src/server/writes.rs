@@ -119,10 +119,9 @@ pub(super) fn queue_frame(
 /// the caller puts the connection on the flush list.
 ///
 /// A batch of frames is checked as its frames were one by one: before it, and
-/// after it less its last frame (the queue as it was before that frame). So a
-/// peer is past the limit exactly when it would have been, and a queue holds at
-/// most the limit plus one message, as before; only the peer found past it keeps
-/// the rest of the batch, shared with everyone else, until it is dropped.
+/// after it less its last frame (the queue as it was before that frame), so a
+/// queue still holds at most the limit plus one message. A peer found past it
+/// after the batch keeps the batch only if it has started to go out.
 pub(super) fn push_frame(
     socket: &mut Socket,
     output: &mut OutputQueue,
