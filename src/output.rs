@@ -83,6 +83,12 @@ impl OutputQueue {
         self.queued == 0
     }
 
+    /// Segments queued (a test's view of how many pushes a queue took).
+    #[cfg(test)]
+    pub fn segments(&self) -> usize {
+        self.segments.len()
+    }
+
     /// Queues a shared frame.
     pub fn push_shared(&mut self, frame: &SharedFrame) {
         self.queued += frame.len();

@@ -3,7 +3,8 @@
 //! binary): no envelope, no notices, no history. It is what fan-out load tools
 //! expect (their own payload back, byte for byte), and what an application that
 //! brings its own protocol wants. Sans-IO: who is in which room; the loop
-//! frames each message once (RFC 6455 §5.6) and queues it on every member.
+//! frames each message once (RFC 6455 §5.6) and queues it on every member,
+//! with the others the room got in the same loop iteration (`server/batches.rs`).
 
 use std::collections::HashMap;
 use std::rc::Rc;

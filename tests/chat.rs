@@ -766,6 +766,39 @@ fn broadcasts_to_more_members_than_one_flush_slice_arrive_whole_and_in_order() {
 }
 
 #[test]
+fn a_burst_in_one_write_reaches_every_member_in_order_and_is_counted_per_delivery() {
+    // The burst arrives in one read, so its messages are broadcast in one loop
+    // iteration: one batch, queued once on each member (`batches.rs`).
+    const BURST: usize = 40;
+    with_server(config_with(|c| c.max_message_rate = 0), |addr| {
+        let (mut ann, ann_w, _) = join(addr, "/chat/burst?name=ann");
+        let (mut bob, bob_w, _) = join(addr, "/chat/burst?name=bob");
+        let (mut cy, _, _) = join(addr, "/chat/burst?name=cy");
+        expect_join(&mut ann, &bob_w, 2);
+        for raw in [&mut ann, &mut bob] {
+            expect(raw, "join");
+        }
+        let frames_before = metric(addr, "loopchat_frames_out_total");
+        let texts: Vec<String> = (0..BURST).map(|i| format!("burst {i}")).collect();
+        let burst: Vec<u8> = (texts.iter())
+            .flat_map(|text| client_frame(true, op::TEXT, text.as_bytes()))
+            .collect();
+        ann.send(&burst);
+        for raw in [&mut ann, &mut bob, &mut cy] {
+            for text in &texts {
+                expect_message(raw, &ann_w, text);
+            }
+        }
+        assert_eq!(metric(addr, "loopchat_broadcasts_total"), BURST as u64);
+        // Deliveries: each message once per member, batched or not.
+        assert_eq!(
+            metric(addr, "loopchat_frames_out_total") - frames_before,
+            (BURST * 3) as u64
+        );
+    });
+}
+
+#[test]
 fn a_big_room_announces_joins_together_and_every_count_settles() {
     // Past --member-list-limit members, joins and leaves are announced once per
     // timer tick in one `presence` notice, so filling a room costs O(N).

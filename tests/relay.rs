@@ -80,3 +80,40 @@ fn a_relay_message_over_the_limit_gets_1009() {
         member.expect_close(1009);
     });
 }
+
+#[test]
+fn a_burst_in_one_write_reaches_every_member_whole_in_order_and_counted_per_delivery() {
+    // The burst arrives in one read, so its messages are sent to the room in one
+    // loop iteration: one batch, queued once on each member (`batches.rs`).
+    const MEMBERS: usize = 4;
+    const BURST: usize = 60;
+    with_server(config(), |addr| {
+        let mut members: Vec<Raw> = (0..MEMBERS)
+            .map(|_| Raw::websocket(addr, "/relay/burst"))
+            .collect();
+        wait_for_rooms(addr, 1);
+        let frames_before = metric(addr, "loopchat_frames_out_total");
+        let sent: Vec<(u8, Vec<u8>)> = (0..BURST)
+            .map(|i| match i % 3 {
+                0 => (op::BINARY, vec![i as u8; i * 11]),
+                _ => (op::TEXT, format!("text {i}").into_bytes()),
+            })
+            .collect();
+        let burst: Vec<u8> = (sent.iter())
+            .flat_map(|(opcode, payload)| client_frame(true, *opcode, payload))
+            .collect();
+        members[1].send(&burst);
+        for member in &mut members {
+            for (opcode, payload) in &sent {
+                let frame = member.read_frame().expect("every message");
+                assert_eq!((frame.opcode, &frame.payload), (*opcode, payload));
+            }
+        }
+        assert_eq!(metric(addr, "loopchat_relays_total"), BURST as u64);
+        // Deliveries: each message once per member, batched or not.
+        assert_eq!(
+            metric(addr, "loopchat_frames_out_total") - frames_before,
+            (BURST * MEMBERS) as u64
+        );
+    });
+}

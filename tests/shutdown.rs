@@ -217,7 +217,12 @@ fn documented_flags() -> Vec<String> {
 /// switch, which takes no value.
 fn sample_value(flag: &str) -> Option<String> {
     let value: String = match flag {
-        "--permessage-deflate" => return None,
+        "--permessage-deflate" | "--reuse-port" => return None,
+        // Nothing listens on port 1: the node serves alone and keeps retrying.
+        "--redis" => "redis://127.0.0.1:1".into(),
+        "--presence-ttl" => "5s".into(),
+        "--redis-ping" => "250ms".into(),
+        "--redis-max-queue" => "1MiB".into(),
         "--max-chat-message-size" => "512".into(),
         "--input-budget" => "8MiB".into(),
         "--message-timeout" => "30s".into(),

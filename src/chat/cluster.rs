@@ -37,7 +37,6 @@ impl Chat {
             welcome,
             history: &room.history,
             notice: None,
-            members: &room.members,
         }
     }
 

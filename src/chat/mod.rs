@@ -197,8 +197,8 @@ impl Chat {
     }
 
     /// Adds `member` to `room`. The newcomer gets a welcome and the recent
-    /// history, then every member (the newcomer too) a join notice with the new
-    /// count; the caller queues them in that order.
+    /// history, then every member (the newcomer too, [`Chat::members`]) a join
+    /// notice with the new count; the caller queues them in that order.
     pub fn join(&mut self, room_name: &Rc<str>, member: &Member, now_ms: u64) -> Joined<'_> {
         self.idle.retain(|r| r != room_name);
         let room = self.rooms.entry(Rc::clone(room_name)).or_default();
@@ -219,8 +219,12 @@ impl Chat {
             welcome,
             history: &room.history,
             notice,
-            members: &room.members,
         }
+    }
+
+    /// Who is in `room` (where their frames go), in no particular order.
+    pub fn members(&self, room_name: &str) -> &[ConnectionKey] {
+        self.rooms.get(room_name).map_or(&[], |room| &room.members)
     }
 
     /// Keeps a frame made by [`message_frame`] for the room's history and returns
@@ -292,9 +296,9 @@ impl Chat {
         }
     }
 
-    /// The next big room's coalesced join/leave notice and who must get it; call
-    /// once per timer tick until `None`.
-    pub fn next_presence(&mut self, now_ms: u64) -> Option<(SharedFrame, &[ConnectionKey])> {
+    /// The next big room's coalesced join/leave notice, for every member of the
+    /// room it names ([`Chat::members`]); call once per timer tick until `None`.
+    pub fn next_presence(&mut self, now_ms: u64) -> Option<(Rc<str>, SharedFrame)> {
         loop {
             let name = self.presence_due.pop()?;
             let Some(room) = self.rooms.get_mut(&name) else {
@@ -305,33 +309,35 @@ impl Chat {
                 continue;
             }
             let notice = room.presence.take_notice(room.online(), now_ms);
-            let room = self.rooms.get(&name)?;
-            return Some((notice, &room.members));
+            return Some((name, notice));
         }
     }
 
-    /// Renames member `key` of `room` to `name`; every member gets one rename
-    /// notice. `None` if it is not in the room.
+    /// Renames member `key` of `room` to `name`: returns the one rename notice
+    /// for every member ([`Chat::members`]), or `None` if it is not in the room.
     pub fn rename(
         &mut self,
         room_name: &str,
         member: &Member,
         name: &Rc<str>,
         now_ms: u64,
-    ) -> Option<Renamed<'_>> {
+    ) -> Option<SharedFrame> {
         let room = self.rooms.get_mut(room_name)?;
         let index = room.position(member.key)?;
         room.people[index].1 = Rc::clone(name);
-        Some(Renamed {
-            notice: text_frame(&rename_json(member, name, now_ms)),
-            members: &room.members,
-        })
+        Some(text_frame(&rename_json(member, name, now_ms)))
     }
 
-    /// Removes `member` from `room`, if it is there; the members left get a leave
-    /// notice. An emptied room keeps its history for whoever comes next, until
-    /// more than `idle_rooms` rooms are empty.
-    pub fn leave(&mut self, room_name: &Rc<str>, member: &Member, now_ms: u64) -> Option<Left<'_>> {
+    /// Removes `member` from `room`, if it is there; returns the leave notice for
+    /// the members left ([`Chat::members`]), if one is due now. An emptied room
+    /// keeps its history for whoever comes next, until more than `idle_rooms`
+    /// rooms are empty.
+    pub fn leave(
+        &mut self,
+        room_name: &Rc<str>,
+        member: &Member,
+        now_ms: u64,
+    ) -> Option<SharedFrame> {
         let room = self.rooms.get_mut(room_name)?;
         if !room.remove(member.key) {
             return None;
@@ -354,11 +360,7 @@ impl Chat {
             room.presence.left(member.id, &member.name);
             return None;
         }
-        let room = self.rooms.get(room_name)?;
-        Some(Left {
-            notice: notice_frame("leave", member, room.members.len(), now_ms),
-            members: &room.members,
-        })
+        Some(notice_frame("leave", member, room.members.len(), now_ms))
     }
 }
 
@@ -370,13 +372,6 @@ pub fn rename_json(member: &Member, name: &str, now_ms: u64) -> String {
     push_json_string(&mut json, name);
     let _ = write!(json, ",\"ts\":{now_ms}}}");
     json
-}
-
-/// What a rename sends: `notice` to every member of the room.
-#[derive(Debug)]
-pub struct Renamed<'a> {
-    pub notice: SharedFrame,
-    pub members: &'a [ConnectionKey],
 }
 
 /// What a member's text asks for.
@@ -415,21 +410,13 @@ pub fn interpret(text: &str) -> Said<'_> {
 }
 
 /// What a join sends: `welcome` and `history` to the newcomer, then `notice` to
-/// every member.
+/// every member ([`Chat::members`]).
 #[derive(Debug)]
 pub struct Joined<'a> {
     pub welcome: SharedFrame,
     pub history: &'a VecDeque<SharedFrame>,
     /// `None` in a big room, where joins are announced together (`presence.rs`).
     pub notice: Option<SharedFrame>,
-    pub members: &'a [ConnectionKey],
-}
-
-/// What a leave sends: `notice` to every member left.
-#[derive(Debug)]
-pub struct Left<'a> {
-    pub notice: SharedFrame,
-    pub members: &'a [ConnectionKey],
 }
 
 /// The text of a chat message, which must be a text message (§5.6): the chat
@@ -468,9 +455,9 @@ mod tests {
             for old in joined.history {
                 self.push(member.key, old);
             }
-            for &key in joined.members {
-                if let Some(notice) = &joined.notice {
-                    self.push(key, notice);
+            if let Some(notice) = joined.notice {
+                for &key in chat.members(room) {
+                    self.push(key, &notice);
                 }
             }
         }
@@ -480,9 +467,9 @@ mod tests {
             }
         }
         fn leave(&mut self, chat: &mut Chat, room: &Rc<str>, member: &Member, now_ms: u64) {
-            if let Some(left) = chat.leave(room, member, now_ms) {
-                for &key in left.members {
-                    self.push(key, &left.notice);
+            if let Some(notice) = chat.leave(room, member, now_ms) {
+                for &key in chat.members(room) {
+                    self.push(key, &notice);
                 }
             }
         }
@@ -730,8 +717,8 @@ mod tests {
         log.join(&mut chat, &r, &member(2, 2, "bob"), 0);
         log.0.clear();
         let renamed = chat.rename("r", &ann, &"annie".into(), 5).unwrap();
-        let keys = renamed.members.to_vec();
-        let notice = payload(&renamed.notice);
+        let keys = chat.members("r").to_vec();
+        let notice = payload(&renamed);
         assert_eq!(keys, [1, 2]);
         assert_eq!(
             notice,
@@ -779,9 +766,9 @@ mod tests {
         assert_eq!(joins, 1 + 2 + 3);
         log.leave(&mut chat, &r, &people[0], 0);
         assert!(log.0.iter().all(|(_, t)| !t.contains("leave")));
-        let (notice, keys) = chat.next_presence(9).unwrap();
+        let (name, notice) = chat.next_presence(9).unwrap();
         let text = payload(&notice);
-        assert_eq!(keys.len(), 5);
+        assert_eq!((&*name, chat.members(&name).len()), ("big", 5));
         assert_eq!(
             text,
             r#"{"type":"presence","online":5,"joined":[{"id":4,"name":"m"},{"id":5,"name":"m"},{"id":6,"name":"m"}],"left":[{"id":1,"name":"m"}],"more_joined":0,"more_left":0,"ts":9}"#
@@ -793,7 +780,7 @@ mod tests {
         log.leave(&mut chat, &r, &people[1], 0);
         log.leave(&mut chat, &r, &people[2], 0);
         assert!(log.0.is_empty());
-        let (notice, _) = chat.next_presence(11).unwrap();
+        let (_, notice) = chat.next_presence(11).unwrap();
         assert!(payload(&notice).contains(r#""online":3,"joined":[],"left":[{"id":2,"#));
         log.leave(&mut chat, &r, &people[3], 0);
         assert_eq!(log.0.iter().filter(|(_, t)| t.contains("leave")).count(), 2);

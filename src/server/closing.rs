@@ -128,6 +128,8 @@ impl Server {
             "shutting down ({why}): closing {} connections",
             self.connections.len()
         );
+        // What the rooms were sent goes out before the 1001s.
+        self.queue_room_batches(); // batches.rs
         self.shutdown_deadline = Some(Instant::now() + self.config.shutdown_timeout);
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);

@@ -82,7 +82,8 @@ mod linked {
     use crate::connection::Endpoint;
     use crate::frame::{encode_frame, OpCode, MAX_HEADER_LEN};
     use crate::metrics::ClusterFigures;
-    use crate::server::writes::deliver;
+    use crate::server::batches::RoomKind;
+    use crate::server::writes::{deliver, Outbox};
     use log::info;
     use mio::net::TcpStream;
     use mio::{Interest, Token};
@@ -396,8 +397,24 @@ mod linked {
             let Some(member) = self.chat_member(key) else {
                 return;
             };
-            let (chat, connections, mut outbox) = self.split_for_delivery();
+            // What the room was sent before the newcomer came is not for it.
+            self.queue_room_batch(RoomKind::Chat, room); // batches.rs
+            let Server {
+                chat,
+                connections,
+                pending,
+                metrics,
+                config,
+                batches,
+                ..
+            } = self;
             let joined = chat.admit(room, &member, online, people);
+            let mut outbox = Outbox {
+                pending,
+                metrics,
+                config,
+                batches,
+            };
             deliver(connections, &mut outbox, key, &joined.welcome);
             for old in joined.history {
                 deliver(connections, &mut outbox, key, old);
@@ -419,11 +436,12 @@ mod linked {
                 Kind::Leave => Notice::Leave,
                 Kind::Rename => Notice::Rename,
             };
-            let (chat, connections, mut outbox) = self.split_for_delivery();
-            if let Some(members) = chat.cluster_notice(room, notice, who, online) {
-                for &key in members {
-                    deliver(connections, &mut outbox, key, &frame);
-                }
+            let to_anyone = self
+                .chat
+                .cluster_notice(room, notice, who, online)
+                .is_some_and(|members| !members.is_empty());
+            if to_anyone {
+                self.batches.push(RoomKind::Chat, room, frame);
             }
         }
 

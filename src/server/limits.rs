@@ -101,6 +101,8 @@ impl Server {
     /// TCP closes once the frame is out.
     fn fail_for_input(&mut self, key: usize, code: CloseCode, reason: &str) {
         self.forget_input(key);
+        // The close frame comes after what the member's room was sent before it.
+        self.queue_room_batch_of(key); // batches.rs, "Order"
         let Some((conn, mut outbox)) = self.connection_and_outbox(key) else {
             return;
         };

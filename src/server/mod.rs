@@ -4,10 +4,13 @@
 //! them. One iteration: wait for readiness (no longer than the next timer);
 //! dispatch each event by token (`reading.rs` reads a ready connection and acts on
 //! what it said: `requests.rs` for HTTP and the upgrade, `websocket.rs` for frames,
-//! `rooms.rs` for chat); accept new connections (`accept.rs`); run the timers
-//! (`timers.rs`); close the slow readers found meanwhile (`closing.rs`); flush the
-//! connections that have output, a slice per iteration (`writes.rs`); and free the
-//! connections closed during the iteration (`closing.rs`). mio is edge-triggered: a
+//! `rooms.rs` for chat and relay rooms, whose messages and notices only join the
+//! room's batch); accept new connections (`accept.rs`); run the timers
+//! (`timers.rs`); close the slow readers found meanwhile (`closing.rs`); queue each
+//! room's batch, the frames it was sent during the iteration, on each of its
+//! members once (`batches.rs`); flush the connections that have output, a slice
+//! per iteration (`writes.rs`); and free the connections closed during the
+//! iteration (`closing.rs`). mio is edge-triggered: a
 //! socket that is not drained to `WouldBlock` gets no new event, so any work left
 //! over (accepts past the per-wake bound, reads past the per-wake budget,
 //! connections past the flush slice) is remembered and makes the next poll return
@@ -20,6 +23,7 @@
 //! of RFC 6455 §11.1.2); the steps above are the same, on plaintext.
 
 mod accept;
+mod batches;
 mod closing;
 mod cluster;
 mod compression;
@@ -32,6 +36,9 @@ mod timers;
 mod tls;
 mod websocket;
 mod writes;
+
+#[cfg(test)]
+mod batch_tests;
 
 pub use handle::{spawn, RunningServer, ServerHandle};
 
@@ -96,6 +103,9 @@ pub struct Server {
     relay: Relay,
     metrics: Metrics,
     pending: Pending,
+    /// What each room was sent during this iteration, queued on its members in
+    /// the batch step (`batches.rs`).
+    batches: batches::RoomBatches,
     /// One read buffer for all connections: idle connections hold none.
     read_buffer: Vec<u8>,
     /// The listener may have connections we have not accepted yet.
@@ -187,6 +197,7 @@ impl Server {
             connections: Slab::new(),
             metrics: Metrics::default(),
             pending: Pending::default(),
+            batches: batches::RoomBatches::default(),
             read_buffer: vec![0; reading::READ_BUFFER_SIZE],
             accept_ready: false,
             accept_paused_until: None,
@@ -209,31 +220,38 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            for event in events.iter() {
-                self.on_ready(event);
-            }
-            self.accept_connections(); // accept.rs
-            self.read_leftovers(); // reading.rs
-            if Instant::now() >= self.next_tick {
-                self.run_timers(); // timers.rs
-            }
-            self.exchange_with_redis(); // cluster.rs
-            self.close_slow_readers(); // closing.rs
-            for outcome in self.flush_pending_writes() {
-                self.on_flushed(outcome); // writes.rs
-            }
-            self.close_deferred(); // closing.rs
-            if self.shutdown_complete() {
+            if self.iterate(&mut events, timeout)? {
                 info!("shut down");
                 return Ok(());
             }
         }
+    }
+
+    /// One iteration of the loop, each step named; returns whether the shutdown
+    /// is complete.
+    fn iterate(&mut self, events: &mut Events, timeout: Duration) -> io::Result<bool> {
+        if let Err(e) = self.poll.poll(events, Some(timeout)) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            return Err(e);
+        }
+        for event in events.iter() {
+            self.on_ready(event);
+        }
+        self.accept_connections(); // accept.rs
+        self.read_leftovers(); // reading.rs
+        if Instant::now() >= self.next_tick {
+            self.run_timers(); // timers.rs
+        }
+        self.exchange_with_redis(); // cluster.rs
+        self.close_slow_readers(); // closing.rs
+        self.queue_room_batches(); // batches.rs
+        for outcome in self.flush_pending_writes() {
+            self.on_flushed(outcome); // writes.rs
+        }
+        self.close_deferred(); // closing.rs
+        Ok(self.shutdown_complete())
     }
 
     /// Dispatches one readiness event by its token.
@@ -283,7 +301,9 @@ impl Server {
             read_more,
             ..
         } = &self.pending;
-        if accept_now || !read_more.is_empty() || !flush.is_empty() || !slow.is_empty() {
+        // A batch left (a leave notice after a failed write) goes out next time.
+        let batches = !self.batches.is_empty();
+        if accept_now || !read_more.is_empty() || !flush.is_empty() || !slow.is_empty() || batches {
             return Duration::ZERO;
         }
         let mut wake = self.next_tick;

@@ -219,8 +219,7 @@ impl Server {
             Endpoint::Echo => info!("{peer} [{key}] upgraded: {}", request.target),
             Endpoint::Relay { room } => {
                 info!("{peer} [{key}] upgraded: {}", request.target);
-                self.relay.join(room, key);
-                self.cluster_join_relay(room); // cluster.rs
+                self.join_relay(room, key); // rooms.rs
             }
             Endpoint::Chat { room, member, .. } => {
                 info!(

@@ -1,51 +1,29 @@
 //! Rooms: the chat's decisions (`chat.rs`: who is in a room, what a join, a
 //! message or a leave sends to whom) and the relay's (`relay.rs`: every message
-//! to every member, verbatim) turned into frames queued on members'
-//! connections. Each frame is encoded once and queued by reference on every
-//! recipient (`writes::queue_frame`); members that agreed to permessage-deflate
-//! share one compressed copy (`fan_out`).
+//! to every member, verbatim) turned into frames for members' connections. Each
+//! frame is encoded once. What goes to a whole room (a message, a notice) is
+//! appended to the room's pending batch, which the loop's batch step queues on
+//! every member once per iteration (`batches.rs`); what goes to one member (a
+//! newcomer's welcome and history) is queued on it at once. A join or a leave
+//! first queues the room's pending batch on the members of the moment.
+//!
+//! In a cluster (`--redis`, linked), joins, messages, renames, leaves and relay
+//! messages go to Redis first and come back in the room's one order
+//! (`cluster.rs`); the `*_locally` functions are what happens then, or at once
+//! without a cluster.
 
+use super::batches::RoomKind;
 use super::cluster::Post;
-use super::compression::Deflate;
-use super::writes::{deliver, queue_frame, Outbox, Outgoing};
+use super::writes::{deliver, Outbox};
 use super::{unix_millis, Server};
-use crate::chat::{rename_json, text_frame, Chat, Member, SharedFrame};
-use crate::connection::{Connection, Endpoint, Phase};
-use crate::relay::Relay;
+use crate::chat::{rename_json, text_frame, Member, SharedFrame};
+use crate::connection::Endpoint;
 use log::info;
-use slab::Slab;
 use std::rc::Rc;
 
 impl Server {
-    /// The chat, the connections and an outbox, borrowed apart, so that the
-    /// chat's list of recipients can be walked while frames are queued.
-    pub(super) fn split_for_delivery(&mut self) -> (&mut Chat, &mut Slab<Connection>, Outbox<'_>) {
-        let (chat, connections, outbox, _, _) = self.split_for_fan_out();
-        (chat, connections, outbox)
-    }
-
-    /// [`Self::split_for_delivery`], with the relay rooms and the compressor.
-    fn split_for_fan_out(
-        &mut self,
-    ) -> (
-        &mut Chat,
-        &mut Slab<Connection>,
-        Outbox<'_>,
-        &mut Relay,
-        &mut Deflate,
-    ) {
-        let outbox = Outbox {
-            pending: &mut self.pending,
-            metrics: &mut self.metrics,
-            config: &self.config,
-        };
-        let (chat, relay, deflate) = (&mut self.chat, &mut self.relay, &mut self.deflate);
-        (chat, &mut self.connections, outbox, relay, deflate)
-    }
-
-    /// Adds a member to its room. In a cluster (`--redis`, linked) the join
-    /// goes to Redis first and the welcome comes when it is back
-    /// (`cluster.rs`); otherwise [`Self::join_locally`].
+    /// Adds a member to its room. In a cluster the join goes to Redis first and
+    /// the welcome comes when it is back; otherwise [`Self::join_locally`].
     pub(super) fn join_room(&mut self, room: Rc<str>, member: Member, now_ms: u64) {
         if !self.cluster_join(&room, &member) {
             self.join_locally(room, member, now_ms);
@@ -55,22 +33,43 @@ impl Server {
     /// A welcome and the room's history to the newcomer, then a join notice to
     /// everyone in the room.
     pub(super) fn join_locally(&mut self, room: Rc<str>, member: Member, now_ms: u64) {
-        let (chat, connections, mut outbox) = self.split_for_delivery();
+        // What the room was sent before the newcomer came is not for it.
+        self.queue_room_batch(RoomKind::Chat, &room); // batches.rs
+        let Server {
+            chat,
+            connections,
+            pending,
+            metrics,
+            config,
+            batches,
+            ..
+        } = self;
         let joined = chat.join(&room, &member, now_ms);
+        let mut outbox = Outbox {
+            pending,
+            metrics,
+            config,
+            batches,
+        };
         deliver(connections, &mut outbox, member.key, &joined.welcome);
         for old in joined.history {
             deliver(connections, &mut outbox, member.key, old);
         }
-        if let Some(notice) = &joined.notice {
-            for &key in joined.members {
-                deliver(connections, &mut outbox, key, notice);
-            }
+        if let Some(notice) = joined.notice {
+            outbox.batches.push(RoomKind::Chat, &room, notice);
         }
     }
 
-    /// A chat message for `room`: in a cluster (linked) it goes to Redis and is
-    /// delivered when it comes back, in the room's one order (`cluster.rs`);
-    /// otherwise [`Self::broadcast_locally`].
+    /// Adds connection `key` to relay room `room`.
+    pub(super) fn join_relay(&mut self, room: &Rc<str>, key: usize) {
+        // What the room was sent before the newcomer came is not for it.
+        self.queue_room_batch(RoomKind::Relay, room); // batches.rs
+        self.relay.join(room, key);
+        self.cluster_join_relay(room); // cluster.rs
+    }
+
+    /// A chat message for `room`: in a cluster it goes to Redis and is
+    /// delivered when it comes back; otherwise [`Self::broadcast_locally`].
     pub(super) fn broadcast(&mut self, room: &str, frame: SharedFrame) {
         if !self.cluster_post(room, Post::Message, (0, ""), &frame) {
             self.broadcast_locally(room, frame);
@@ -78,48 +77,39 @@ impl Server {
     }
 
     /// Sends a chat message's frame to every member of `room` here, the sender
-    /// too, and keeps it in the room's history.
+    /// too, and keeps it in the room's history. The frame joins the room's
+    /// batch, queued on the members in the loop's batch step (`batches.rs`).
     pub(super) fn broadcast_locally(&mut self, room: &str, frame: SharedFrame) {
         self.metrics.broadcasts += 1;
-        let (chat, connections, mut outbox, _, deflate) = self.split_for_fan_out();
-        let members = chat.publish(room, &frame);
-        fan_out(connections, &mut outbox, deflate, members, &frame);
+        if !self.chat.publish(room, &frame).is_empty() {
+            self.batches.push(RoomKind::Chat, room, frame);
+        }
     }
 
-    /// Passes a message on verbatim to every member of relay room `room`.
-    /// In a cluster (linked) it goes through Redis and is delivered when it
-    /// comes back, on every node in one order (`cluster.rs`).
+    /// Passes a message on verbatim to every member of relay room `room`: in a
+    /// cluster through Redis, delivered when it comes back, on every node in one
+    /// order; otherwise [`Self::relay_locally`].
     pub(super) fn relay(&mut self, room: &str, frame: SharedFrame) {
         if !self.cluster_relay(room, &frame) {
             self.relay_locally(room, frame);
         }
     }
 
-    /// Passes a message on to every member of relay room `room` here.
+    /// Passes a message on to every member of relay room `room` here; like a
+    /// chat message, it joins the room's batch.
     pub(super) fn relay_locally(&mut self, room: &str, frame: SharedFrame) {
         self.metrics.relays += 1;
-        let (_, connections, mut outbox, relay, deflate) = self.split_for_fan_out();
-        fan_out(
-            connections,
-            &mut outbox,
-            deflate,
-            relay.members(room),
-            &frame,
-        );
+        if !self.relay.members(room).is_empty() {
+            self.batches.push(RoomKind::Relay, room, frame);
+        }
     }
 
     /// Announces the joins and leaves of big rooms collected since the last
     /// tick, one notice per room (`chat/presence.rs`).
     pub(super) fn announce_presence(&mut self) {
         let now_ms = unix_millis();
-        loop {
-            let (chat, connections, mut outbox) = self.split_for_delivery();
-            let Some((notice, members)) = chat.next_presence(now_ms) else {
-                return;
-            };
-            for &key in members {
-                deliver(connections, &mut outbox, key, &notice);
-            }
+        while let Some((room, notice)) = self.chat.next_presence(now_ms) {
+            self.batches.push(RoomKind::Chat, &room, notice);
         }
     }
 
@@ -140,11 +130,8 @@ impl Server {
         if self.cluster_post(&room, Post::Rename, (old.id, &name), &notice) {
             return;
         }
-        let (chat, connections, mut outbox) = self.split_for_delivery();
-        if let Some(renamed) = chat.rename(&room, &old, &name, unix_millis()) {
-            for &key in renamed.members {
-                deliver(connections, &mut outbox, key, &renamed.notice);
-            }
+        if let Some(renamed) = self.chat.rename(&room, &old, &name, unix_millis()) {
+            self.batches.push(RoomKind::Chat, &room, renamed);
         }
     }
 
@@ -162,45 +149,22 @@ impl Server {
             Endpoint::Chat { room, member, .. } => (room, member),
             Endpoint::Relay { room } => {
                 let room = Rc::clone(room);
+                // What the room was sent before the member left is still its.
+                self.queue_room_batch(RoomKind::Relay, &room); // batches.rs
                 self.relay.leave(&room, key);
-                self.cluster_leave_relay(&room);
+                self.cluster_leave_relay(&room); // cluster.rs
                 return;
             }
             Endpoint::Echo => return,
         };
         let (room, member) = (Rc::clone(room), member.clone());
+        // What the room was sent before the member left is still its.
+        self.queue_room_batch(RoomKind::Chat, &room); // batches.rs
         if self.cluster_leave(&room, &member) {
             return self.chat.remove(&room, &member); // announced by the cluster
         }
-        let (chat, connections, mut outbox) = self.split_for_delivery();
-        if let Some(left) = chat.leave(&room, &member, unix_millis()) {
-            for &key in left.members {
-                deliver(connections, &mut outbox, key, &left.notice);
-            }
+        if let Some(notice) = self.chat.leave(&room, &member, unix_millis()) {
+            self.batches.push(RoomKind::Chat, &room, notice);
         }
-    }
-}
-
-/// Queues `frame` on every one of `members`: the plain frame, or to members that
-/// agreed to permessage-deflate one compressed frame, made once for all of them
-/// (`compression.rs`).
-fn fan_out(
-    connections: &mut Slab<Connection>,
-    outbox: &mut Outbox,
-    deflate: &mut Deflate,
-    members: &[usize],
-    frame: &SharedFrame,
-) {
-    let mut compressed = None;
-    for &key in members {
-        let Some(conn) = connections.get_mut(key) else {
-            continue;
-        };
-        let agreement = match &conn.phase {
-            Phase::WebSocket(ws) => ws.deflate,
-            _ => None,
-        };
-        let chosen = deflate.frame_for(agreement, frame, &mut compressed);
-        queue_frame(conn, key, Outgoing::Shared(chosen), outbox);
     }
 }

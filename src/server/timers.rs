@@ -92,8 +92,10 @@ impl Server {
         }
     }
 
-    /// Sends a heartbeat ping.
-    fn ping(&mut self, key: usize) {
+    /// Sends a heartbeat ping, after what the member's room was sent before it
+    /// (`batches.rs`, "Order").
+    pub(super) fn ping(&mut self, key: usize) {
+        self.queue_room_batch_of(key); // batches.rs
         let Some((conn, mut outbox)) = self.connection_and_outbox(key) else {
             return;
         };

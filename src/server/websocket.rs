@@ -3,6 +3,7 @@
 //! a pong, the answer to the peer's close, or a failed connection (RFC 6455 §5.5,
 //! §7.1.7).
 
+use super::batches::{catch_up, catch_up_connection};
 use super::compression::{Deflate, Inflate};
 use super::limits::input_held_by;
 use super::writes::{close_slow_reader, push_close, push_flush, push_frame, Outbox, Outgoing};
@@ -58,6 +59,7 @@ impl Server {
                 config,
                 inflate,
                 deflate,
+                batches,
                 ..
             } = self;
             let Some(conn) = connections.get_mut(key).filter(|c| !c.doomed) else {
@@ -67,6 +69,7 @@ impl Server {
                 pending,
                 metrics,
                 config,
+                batches,
             };
             let codec = Codec { inflate, deflate };
             match take_actions(conn, key, bytes, &mut pos, &mut outbox, codec) {
@@ -154,6 +157,14 @@ fn take_actions(
                 break fail(conn, key, error, send_close, outbox);
             }
         };
+        // After what the member's room was sent so far (`batches.rs`, "Order").
+        catch_up(
+            &ws.endpoint,
+            key,
+            &mut conn.socket,
+            &mut conn.output,
+            outbox,
+        );
         let (metrics, config) = (&mut *outbox.metrics, outbox.config);
         if !push_frame(&mut conn.socket, &mut conn.output, reply, metrics, config) {
             break Next::SlowReader;
@@ -203,6 +214,7 @@ fn peer_closed(
 ) -> Next {
     outbox.metrics.close_frame_received(code);
     if let Some(answer) = answer {
+        catch_up_connection(conn, key, outbox); // batches.rs, "Order"
         push_close(conn, key, answer, "", outbox);
     }
     Next::Closed
@@ -312,6 +324,7 @@ fn fail(
 ) -> Next {
     info!("{} [{key}] protocol error: {error}", conn.peer);
     if send_close {
+        catch_up_connection(conn, key, outbox); // batches.rs, "Order"
         push_close(conn, key, error.code, error.reason, outbox);
     }
     Next::Closed

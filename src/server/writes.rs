@@ -1,8 +1,9 @@
 //! Writing: the one path by which frames reach a connection's queue, and the one
 //! place queues are written to sockets.
 //!
-//! [`queue_frame`] queues a frame under `--max-output` (a peer past it is closed
-//! as a slow reader instead) and puts the connection on the flush list;
+//! [`queue_frame`] queues a frame, or a room's batch of frames (`batches.rs`),
+//! under `--max-output` (a peer past it is closed as a slow reader instead) and
+//! puts the connection on the flush list;
 //! [`Server::flush_pending_writes`] writes the listed connections, at most
 //! `FLUSHES_PER_ITERATION` per loop iteration, each with as few system calls as
 //! its queue allows ("write before sleeping": a connection waits for a writable
@@ -15,6 +16,7 @@
 //! writes the records it holds, such as the handshake's, so a connection with
 //! nothing queued may still be on the flush list.
 
+use super::batches::RoomBatches;
 use super::{Pending, Server};
 use crate::chat::SharedFrame;
 use crate::config::Config;
@@ -44,6 +46,20 @@ pub(super) enum Outgoing<'a> {
     Frame(OpCode, &'a [u8]),
     /// A compressed payload, encoded with RSV1 for this connection only.
     Compressed(OpCode, &'a [u8]),
+    /// Several frames sent to a room in one loop iteration, in one buffer shared
+    /// by every recipient of its kind (`batches.rs`).
+    Batch(BatchFrames<'a>),
+}
+
+/// A room's batch as queued on a member: its bytes, and what they hold.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BatchFrames<'a> {
+    pub bytes: &'a SharedFrame,
+    /// Frames in `bytes`, and how many of them are compressed (for the counters).
+    pub frames: u64,
+    pub compressed: u64,
+    /// The length of the last frame, for `--max-output` (see `push_frame`).
+    pub last: usize,
 }
 
 /// What queuing output touches besides the connection itself: the flush list,
@@ -53,6 +69,9 @@ pub(super) struct Outbox<'s> {
     pub pending: &'s mut Pending,
     pub metrics: &'s mut Metrics,
     pub config: &'s Config,
+    /// The rooms' pending batches, for output that must follow them
+    /// (`batches::catch_up`).
+    pub batches: &'s mut RoomBatches,
 }
 
 /// What a flush leads to, for the loop to act on (`Server::on_flushed`).
@@ -98,6 +117,11 @@ pub(super) fn queue_frame(
 /// false if the peer is past the limit. Takes the connection's parts, so that
 /// `websocket.rs` can queue a reply while the session still lends its payload;
 /// the caller puts the connection on the flush list.
+///
+/// A batch of frames is checked as its frames were one by one: before it, and
+/// after it less its last frame (the queue as it was before that frame), so a
+/// queue still holds at most the limit plus one message. A peer found past it
+/// after the batch keeps the batch only if it has started to go out.
 pub(super) fn push_frame(
     socket: &mut Socket,
     output: &mut OutputQueue,
@@ -120,6 +144,13 @@ pub(super) fn push_frame(
         Outgoing::Compressed(opcode, payload) => {
             metrics.compressed_frames_out += 1;
             output.push_owned(|out| frame::encode_compressed_frame(out, opcode, payload))
+        }
+        Outgoing::Batch(batch) => {
+            metrics.compressed_frames_out += batch.compressed;
+            metrics.frames_out += batch.frames;
+            output.push_shared(batch.bytes);
+            let before_last = limit.saturating_add(batch.last);
+            return output.make_room(socket, before_last, &mut metrics.bytes_out);
         }
     }
     metrics.frames_out += 1;
@@ -215,6 +246,7 @@ impl Server {
             pending: &mut self.pending,
             metrics: &mut self.metrics,
             config: &self.config,
+            batches: &mut self.batches,
         };
         Some((conn, outbox))
     }
