@@ -4,7 +4,10 @@
 //! [`traffic`] decides what to send and checks what comes back.
 
 mod reading;
+mod split;
 mod traffic;
+
+pub use split::{self_test as split_self_test, NodeSplit, OrderCheck};
 
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
@@ -88,8 +91,8 @@ pub struct Client {
     pub mode: Mode,
     // sending state
     sending: bool,
-    chat_window: u32,        // per-sender outstanding (own copy not yet back)
-    chat_global: u64,        // outstanding deliveries, in messages per receiver
+    pub chat_window: u32,    // per-sender outstanding (own copy not yet back)
+    pub chat_global: u64,    // outstanding deliveries, in messages per receiver
     next_expected: Vec<u32>, // chat: [receiver * senders + sender] next expected seq
     next_due: Vec<Instant>,
     total_sent: u64,
@@ -110,6 +113,8 @@ pub struct Client {
     scratch: Vec<u8>,
     payload_buf: Vec<u8>,
     to_flush: Vec<usize>,
+    /// A room spread over several servers (the cluster workloads); `None`: one.
+    pub split: Option<NodeSplit>,
 }
 
 impl Client {
@@ -148,6 +153,7 @@ impl Client {
             rate_limited: 0,
             scratch: vec![0u8; 64 * 1024],
             to_flush: Vec::new(),
+            split: None,
         })
     }
 
@@ -173,7 +179,7 @@ impl Client {
             welcomed: false,
             online: 0,
         };
-        match TcpStream::connect(self.target.addr) {
+        match TcpStream::connect(self.addr_for(id as usize)) {
             Ok(mut s) => {
                 let interest = Interest::READABLE | Interest::WRITABLE;
                 let registry = self.poll.registry();

@@ -31,10 +31,12 @@
 //! [`round`] (one measured round), [`client`] (the load client, over [`wire`] framing,
 //! the [`payload`] format and the per-message [`checks`]), [`report`] (medians, tables,
 //! targets), [`sys`] (what is asked of the operating system) and [`compare`] (the
-//! comparison servers behind `--serve`).
+//! comparison servers behind `--serve`). [`cluster`] runs the cluster workloads:
+//! loopchat nodes over one Redis (`--cluster`, or `--filter cluster/`).
 
 mod checks;
 mod client;
+mod cluster;
 mod compare;
 mod options;
 mod payload;
@@ -60,6 +62,7 @@ fn main() {
         // (a `harness = false` target is not built with `cfg(test)`).
         payload::self_test();
         wire::self_test();
+        client::split_self_test();
         println!("load bench: run it with `cargo bench --bench load` (see `-- --help`)");
         return;
     }

@@ -102,7 +102,7 @@ pub fn spawn_server(kind: ServerKind, options: &Options, pin: bool) -> Result<Se
 
 /// The program and arguments that run a server of `kind` on `port`: loopchat, or this
 /// binary with `--serve`.
-fn command_line(
+pub fn command_line(
     kind: ServerKind,
     options: &Options,
     port: u16,
