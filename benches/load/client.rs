@@ -4,7 +4,10 @@
 //! [`traffic`] decides what to send and checks what comes back.
 
 mod reading;
+mod split;
 mod traffic;
+
+pub use split::{self_test as split_self_test, NodeSplit, OrderCheck};
 
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -90,8 +93,8 @@ pub struct Client {
     pub mode: Mode,
     // sending state
     sending: bool,
-    chat_window: u32,        // per-sender outstanding (own copy not yet back)
-    chat_global: u64,        // outstanding deliveries, in messages per receiver
+    pub chat_window: u32,    // per-sender outstanding (own copy not yet back)
+    pub chat_global: u64,    // outstanding deliveries, in messages per receiver
     next_expected: Vec<u32>, // chat: [receiver * senders + sender] next expected seq
     next_due: Vec<Instant>,
     total_sent: u64,
@@ -123,6 +126,8 @@ pub struct Client {
     scratch: Vec<u8>,
     payload_buf: Vec<u8>,
     to_flush: Vec<usize>,
+    /// A room spread over several servers (the cluster workloads); `None`: one.
+    pub split: Option<NodeSplit>,
 }
 
 impl Client {
@@ -166,6 +171,7 @@ impl Client {
             sources: 0,
             scratch: vec![0u8; 64 * 1024],
             to_flush: Vec::new(),
+            split: None,
         })
     }
 
@@ -191,11 +197,12 @@ impl Client {
             welcomed: false,
             online: 0,
         };
+        let target = self.addr_for(id as usize);
         let connected = match self.sources {
-            0 => TcpStream::connect(self.target.addr),
+            0 => TcpStream::connect(target),
             n => {
                 let source = Ipv4Addr::new(127, 0, 0, 2 + (id % n as u32) as u8);
-                connect_from(source.into(), self.target.addr)
+                connect_from(source.into(), target)
             }
         };
         match connected {

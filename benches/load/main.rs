@@ -35,11 +35,13 @@
 //! the [`payload`] format and the per-message [`checks`]), [`report`] (medians, tables,
 //! targets), [`sys`] (what is asked of the operating system), [`compare`] (the
 //! comparison servers behind `--serve`) and [`bigroom`] (the big room, its client
-//! processes and what they say to each other).
+//! processes and what they say to each other). [`cluster`] runs the cluster
+//! workloads: loopchat nodes over one Redis (`--cluster`, or `--filter cluster/`).
 
 mod bigroom;
 mod checks;
 mod client;
+mod cluster;
 mod compare;
 mod options;
 mod payload;
@@ -67,6 +69,7 @@ fn main() {
         payload::self_test();
         wire::self_test();
         bigroom::lines::self_test();
+        client::split_self_test();
         println!("load bench: run it with `cargo bench --bench load` (see `-- --help`)");
         return;
     }

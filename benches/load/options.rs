@@ -27,6 +27,10 @@ usage: cargo bench --bench load -- [options] [FILTER...]
                        waiting for their welcome) at once, over both client
                        processes (default 128: loopchat's listen backlog is 128)
   --no-pin             do not pin server to CPU 0 and client to CPU 1
+  --cluster            also run the cluster workloads (loopchat nodes over one
+                       Redis; ~2 min): cluster/n1/r100/s10/32B ... cluster/n2/r1000/s1/1KiB.
+                       A filter naming `cluster` selects them too (--filter cluster/)
+  --redis-server PATH  redis-server for the cluster workloads (default: on PATH)
   --verbose            print every round, not only the medians
   --tokio-read-buffer N|default
                        tungstenite read_buffer_size for the tokio server (default:
@@ -66,6 +70,9 @@ pub struct Options {
     pub url: Option<String>,
     pub server_pid: Option<u32>,
     pub verbose: bool,
+    /// Run the cluster workloads (`cluster.rs`) too.
+    pub cluster: bool,
+    pub redis_server: PathBuf,
     /// tungstenite's read_buffer_size for the tokio server; `None`: its default.
     pub tokio_read_buffer: Option<usize>,
     /// The big room's members, and its connections on their way at once.
@@ -87,6 +94,8 @@ impl Default for Options {
             url: None,
             server_pid: None,
             verbose: false,
+            cluster: false,
+            redis_server: PathBuf::from("redis-server"),
             tokio_read_buffer: Some(DEFAULT_TOKIO_READ_BUFFER),
             bigroom_members: 19_000,
             bigroom_in_flight: 128,
@@ -106,6 +115,8 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             "--quick" => o.quick = true,
             "--no-pin" => o.pin = false,
             "--verbose" | "-v" => o.verbose = true,
+            "--cluster" => o.cluster = true,
+            "--redis-server" => o.redis_server = PathBuf::from(value(arg)?),
             "--tokio-read-buffer" => {
                 o.tokio_read_buffer = match value(arg)?.as_str() {
                     "default" => None,

@@ -34,7 +34,7 @@ pub struct Aggregate {
 }
 
 /// The median, NaNs left out (NaN if nothing is left).
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| !x.is_nan());
     if v.is_empty() {
         return f64::NAN;
@@ -82,7 +82,7 @@ pub fn aggregate(outcomes: &[RoundOutcome]) -> Aggregate {
 }
 
 /// A whole number with thousands separators ("-" for NaN).
-fn fmt_num(x: f64) -> String {
+pub fn fmt_num(x: f64) -> String {
     if x.is_nan() {
         return "-".into();
     }
@@ -97,7 +97,7 @@ fn fmt_num(x: f64) -> String {
     out
 }
 
-fn fmt_pct(x: f64) -> String {
+pub fn fmt_pct(x: f64) -> String {
     if x.is_nan() {
         "-".into()
     } else {
@@ -113,7 +113,7 @@ fn fmt_wait(f: &Figures) -> String {
     format!("{}/{} {}", fmt_pct(s), fmt_pct(c), fmt_pct(steal))
 }
 
-fn fmt_us(x: f64) -> String {
+pub fn fmt_us(x: f64) -> String {
     if x.is_nan() {
         "-".into()
     } else if x >= 10_000.0 {

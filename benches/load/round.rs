@@ -169,7 +169,7 @@ fn measure_traffic(
 
 /// Opens `conns` connections (all of them, or an error); for chat and relay, waits
 /// until the room is full and quiet (see `Client::wait_ready`).
-fn set_up(client: &mut Client, conns: usize, external: bool) -> Result<(), String> {
+pub fn set_up(client: &mut Client, conns: usize, external: bool) -> Result<(), String> {
     let open = client.open_all(conns, Duration::from_secs(30));
     if open < conns {
         let errors = &client.checks.errors;
@@ -268,7 +268,7 @@ impl Sample {
 }
 
 /// The `q` quantile of latencies in ns, in µs (NaN if there are none).
-fn percentile(v: &mut [u32], q: f64) -> f64 {
+pub fn percentile(v: &mut [u32], q: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }

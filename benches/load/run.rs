@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::bigroom;
+use crate::cluster;
 use crate::options::Options;
 use crate::report::{print_bigroom_round, print_round, Report};
 use crate::round::{run_round, RoundOutcome};
@@ -24,7 +25,8 @@ pub fn run_all(options: Options) -> bool {
         return false;
     };
     let workloads = workloads::select(&bench.options);
-    if workloads.is_empty() {
+    let clusters = cluster::select(&bench.options);
+    if workloads.is_empty() && clusters.is_empty() {
         println!("no workload matches");
         return true;
     }
@@ -32,7 +34,9 @@ pub fn run_all(options: Options) -> bool {
     for workload in &workloads {
         bench.run_workload(workload, &mut report);
     }
-    report.print_summary(started)
+    let cluster_report = cluster::run_all(&clusters, &bench.options, bench.pin, bench.t0);
+    let ok = workloads.is_empty() || report.print_summary(started);
+    cluster_report.print_summary(started) && ok
 }
 
 /// What every workload of a run shares.

@@ -115,7 +115,7 @@ pub fn spawn_server_with(
 
 /// The program and arguments that run a server of `kind` on `port`: loopchat, or this
 /// binary with `--serve`.
-fn command_line(
+pub fn command_line(
     kind: ServerKind,
     options: &Options,
     port: u16,

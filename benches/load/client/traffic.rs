@@ -214,6 +214,7 @@ impl Client {
         }
         self.total_delivered += 1;
         self.record(stamp.sent_ns, now);
+        self.split_delivery(index, sender, stamp.seq, stamp.sent_ns, now);
     }
 
     /// Whether the server passes our payloads on unchanged: a raw fan-out (it relays
