@@ -14,8 +14,8 @@
 //! Every setup of a shape gets the same closed-loop window: 1 sender keeps up to 64
 //! messages in flight, 10 senders up to 8 each (a message leaves the window when the
 //! sender's own copy is back). The `chat/...` workloads keep 8 per sender and 16 in
-//! all, which would cap a node at 8 commands per write to Redis (one script per
-//! message, and at most the window in flight), so the single server is re-measured
+//! all, which would cap a node at 8 messages per write to Redis (at most the
+//! window in flight), so the single server is re-measured
 //! here with the cluster's window rather than taken from them.
 //!
 //! Nodes run with `--presence-ttl 300s`: a presence refresh (one script per 500

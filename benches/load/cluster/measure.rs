@@ -47,8 +47,10 @@ pub struct Figures {
     pub evalsha_per_msg: f64,
     pub calls_per_evalsha: f64,
     pub nested_us: f64,
-    /// Commands per write to Redis, over all nodes (`/metrics`).
-    pub cmds_per_write: f64,
+    /// Chat messages per write to Redis, over all nodes (`/metrics`): the
+    /// batching (a node sends a room's messages of one loop iteration as one
+    /// script call, and everything of an iteration in one write).
+    pub msgs_per_write: f64,
     /// Room events each node received per chat message posted.
     pub events_per_msg: f64,
     /// Latency (µs) of deliveries to members on the sender's node, and on another.
@@ -292,12 +294,12 @@ pub fn run_round(
         evalsha_per_msg: nan_unless(linked, evalsha_calls as f64 / posts),
         calls_per_evalsha: nan_unless(linked, script_calls as f64 / evalsha_calls as f64),
         nested_us: nan_unless(linked, script_usec as f64 / evalsha_calls as f64),
-        cmds_per_write: nan_unless(
+        msgs_per_write: nan_unless(
             linked,
             delta(
                 &metrics_before,
                 &metrics_after,
-                "loopchat_cluster_commands_total",
+                "loopchat_cluster_posts_total",
             ) / delta(
                 &metrics_before,
                 &metrics_after,
