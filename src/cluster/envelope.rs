@@ -146,6 +146,43 @@ fn number(text: &str, what: &'static str) -> Result<u64, Malformed> {
     text.parse().map_err(|_| Malformed(what))
 }
 
+/// The envelopes in one `PUBLISH`: a notice's is the envelope itself; the post
+/// script publishes a room's posts of one call together, each preceded by its
+/// length in bytes and a space (`17 m e 4 ...{...}21 m e 5 ...{...}`), so that
+/// Redis writes one message per call, not one per post. An envelope starts
+/// with its kind's letter and a batch with a digit, so each is recognised.
+/// A malformed length ends the batch with an error.
+pub(crate) fn split_batch(payload: &[u8]) -> impl Iterator<Item = Result<&[u8], Malformed>> {
+    let batch = payload.first().is_some_and(u8::is_ascii_digit);
+    let mut rest = payload;
+    let mut single = (!batch).then_some(payload);
+    std::iter::from_fn(move || {
+        if let Some(envelope) = single.take() {
+            return Some(Ok(envelope));
+        }
+        if !batch || rest.is_empty() {
+            return None;
+        }
+        let space = rest.iter().take(21).position(|&b| b == b' ');
+        let length = space
+            .and_then(|at| std::str::from_utf8(&rest[..at]).ok())
+            .filter(|digits| digits.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|digits| digits.parse::<usize>().ok());
+        let (Some(at), Some(length)) = (space, length) else {
+            rest = &[];
+            return Some(Err(Malformed("bad length in a batch")));
+        };
+        let body = &rest[at + 1..];
+        if length > body.len() {
+            rest = &[];
+            return Some(Err(Malformed("a batch shorter than its length says")));
+        }
+        let (envelope, after) = body.split_at(length);
+        rest = after;
+        Some(Ok(envelope))
+    })
+}
+
 /// Writes an envelope as the scripts do (for tests, and for the history a node
 /// keeps of its own posts while cut off).
 #[cfg(test)]
@@ -207,7 +244,47 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_batch_splits_into_its_envelopes() {
+        let one = "m e 4 1 2 1.1 3:ann{\"a\":1}";
+        let two = "m e 5 1 2 1.2 3:ann{\"b\":\"x y\"}";
+        let batch = format!("{} {one}{} {two}", one.len(), two.len());
+        let parts: Vec<_> = split_batch(batch.as_bytes()).collect();
+        assert_eq!(parts, [Ok(one.as_bytes()), Ok(two.as_bytes())]);
+        // A single envelope is itself.
+        let parts: Vec<_> = split_batch(one.as_bytes()).collect();
+        assert_eq!(parts, [Ok(one.as_bytes())]);
+        // Malformed lengths end the batch with one error, after what was whole.
+        for bad in [
+            "5 abcde9 abc",
+            "5 abcdex abc",
+            "5 abcde99999999999999999999999 x",
+        ] {
+            let parts: Vec<_> = split_batch(bad.as_bytes()).collect();
+            assert_eq!(parts.len(), 2, "{bad}");
+            assert_eq!(parts[0], Ok(&b"abcde"[..]));
+            assert!(parts[1].is_err());
+        }
+        assert_eq!(split_batch(b"").count(), 1); // an empty single: parse refuses it
+    }
+
     proptest! {
+        #[test]
+        fn batches_split_back_into_what_was_joined(
+            envelopes in prop::collection::vec("[mjlr] \\PC{0,40}", 1..8),
+        ) {
+            let batch: String = envelopes.iter().map(|e| format!("{} {e}", e.len())).collect();
+            let parts: Vec<_> = split_batch(batch.as_bytes()).collect();
+            let expected: Vec<Result<&[u8], Malformed>> =
+                envelopes.iter().map(|e| Ok(e.as_bytes())).collect();
+            prop_assert_eq!(parts, expected);
+        }
+
+        #[test]
+        fn arbitrary_batches_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let _ = split_batch(&bytes).count();
+        }
+
         #[test]
         fn render_then_parse_is_the_identity(
             kind in prop::sample::select(vec![Kind::Message, Kind::Join, Kind::Leave, Kind::Rename]),

@@ -440,15 +440,28 @@ impl Cluster {
     }
 
     /// An event published on a room's channel.
+    /// A `PUBLISH` carries one envelope (a notice) or a post script's batch
+    /// of them (`envelope::split_batch`).
     pub(super) fn on_room_event(&mut self, channel: &[u8], payload: Vec<u8>, now: Instant) {
-        self.metrics.events_received += 1;
         let Some((name, entry)) = room_of(channel).and_then(|r| self.rooms.get_key_value(r)) else {
             return; // not a room of ours (unsubscribed meanwhile)
         };
-        if matches!(entry.state, RoomState::Syncing { .. } | RoomState::Live) {
-            let name = Rc::clone(name);
-            self.on_live_event(&name, &payload, now);
-        } // else: before our subscription counts, or cut off
+        if !matches!(entry.state, RoomState::Syncing { .. } | RoomState::Live) {
+            return; // before our subscription counts, or cut off
+        }
+        let name = Rc::clone(name);
+        for event in envelope::split_batch(&payload) {
+            match event {
+                Ok(event) => {
+                    self.metrics.events_received += 1;
+                    self.on_live_event(&name, event, now);
+                }
+                Err(error) => {
+                    self.metrics.bad_replies += 1;
+                    warn!("room {name:?}: {error}; the rest of the batch dropped");
+                }
+            }
+        }
     }
 
     /// An event for a synchronised room: delivered in order, a duplicate

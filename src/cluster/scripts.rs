@@ -103,31 +103,33 @@ return {epoch, seq_before, history, people}
 /// `ARGV` = channel, epoch candidate, the node's number, the first post's
 /// number, the count, the history length, then four per post (kind `m` or `r`,
 /// member id, name, the JSON clients get), then the keys' TTL. Each post gets
-/// the room's next sequence number and its own `PUBLISH`; messages are
-/// appended to the history list (capped once per call); a rename updates the
-/// member's name. Returns `{epoch, last seq, receivers}` (`receivers` counts
+/// the room's next sequence number; the call makes one `PUBLISH` of all its
+/// envelopes, each preceded by its length (`envelope::split_batch`), and one
+/// `RPUSH` of its messages to the history list (then capped); a rename updates
+/// the member's name. Returns `{epoch, last seq, receivers}` (`receivers` counts
 /// the nodes subscribed: 0 means not even the sender's own node is).
 const POST_BODY: &str = r#"
 local node, first, count, keep = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local online = string.format('%d', redis.call('ZCARD', pz))
-local s, receivers, kept = 0, 0, false
+local s0 = redis.call('HINCRBY', meta, 's', count) - count
+local kept, parts = {}, {}
 for i = 0, count - 1 do
   local kind, id, name, json = ARGV[7 + 4 * i], ARGV[8 + 4 * i], ARGV[9 + 4 * i], ARGV[10 + 4 * i]
   if kind == 'r' and redis.call('HEXISTS', pn, id) == 1 then
     redis.call('HSET', pn, id, name)
   end
-  s = redis.call('HINCRBY', meta, 's', 1)
-  local env = kind .. ' ' .. epoch .. ' ' .. string.format('%d', s) .. ' ' .. id .. ' '
+  local env = kind .. ' ' .. epoch .. ' ' .. string.format('%d', s0 + i + 1) .. ' ' .. id .. ' '
     .. online .. ' ' .. node .. '.' .. string.format('%d', first + i) .. ' ' .. #name .. ':' .. name .. json
-  if kind == 'm' and keep > 0 then
-    redis.call('RPUSH', hist, env)
-    kept = true
-  end
-  receivers = redis.call('PUBLISH', channel, env)
+  if kind == 'm' and keep > 0 then kept[#kept + 1] = env end
+  parts[#parts + 1] = #env .. ' ' .. env
 end
-if kept then redis.call('LTRIM', hist, -keep, -1) end
+if #kept > 0 then
+  redis.call('RPUSH', hist, unpack(kept))
+  redis.call('LTRIM', hist, -keep, -1)
+end
+local receivers = redis.call('PUBLISH', channel, table.concat(parts))
 keep_alive()
-return {epoch, s, receivers}
+return {epoch, s0 + count, receivers}
 "#;
 
 /// A member leaves: `ARGV` = channel, epoch candidate, tag, member id, then the

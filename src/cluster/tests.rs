@@ -2062,3 +2062,27 @@ fn a_room_s_posts_of_one_iteration_go_in_one_script_call() {
         (n.shas[1].as_str(), n.shas[0].as_str())
     );
 }
+
+#[test]
+fn a_batch_published_by_one_post_call_is_delivered_event_by_event() {
+    let mut n = Node::up(plain());
+    n.join_cold("r", 1, "ann", 0);
+    let (a, b, c) = (other_msg(2), other_msg(3), other_msg(4));
+    let batch = format!("{} {a}{} {b}{} {c}", a.len(), b.len(), c.len());
+    n.feed(Conn::Sub, &message("r", &batch));
+    assert_eq!(
+        n.said(),
+        [
+            other_msg_event("r", 2),
+            other_msg_event("r", 3),
+            other_msg_event("r", 4)
+        ]
+    );
+    // A batch cut short: what was whole is delivered, the rest counted bad.
+    let (d, e) = (other_msg(5), other_msg(6));
+    let cut = format!("{} {d}{} {}", d.len(), e.len() + 9, e);
+    n.feed(Conn::Sub, &message("r", &cut));
+    assert_eq!(n.said(), [other_msg_event("r", 5)]);
+    assert_eq!(n.c.metrics.bad_replies, 1);
+    assert!(n.c.is_up());
+}
