@@ -94,8 +94,8 @@ pub struct Gauges {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ClusterFigures {
     pub link_up: bool,
-    /// Times the link came up after the first (reconnects).
-    pub reconnects: u64,
+    /// Times the link came up (reconnects: all but the first).
+    pub link_ups: u64,
     pub link_failures: u64,
     /// Messages, renames sent to Redis; room events received from it.
     pub posts: u64,
@@ -121,7 +121,7 @@ impl ClusterFigures {
             u8::from(self.link_up)
         );
         let counters = [
-            ("cluster_reconnects_total", "Times the link to Redis came back after a loss.", self.reconnects),
+            ("cluster_reconnects_total", "Times the link to Redis came back after a loss.", self.link_ups.saturating_sub(1)),
             ("cluster_link_failures_total", "Times the link to Redis was lost or could not be made.", self.link_failures),
             ("cluster_posts_total", "Messages and renames sent to Redis.", self.posts),
             ("cluster_events_received_total", "Room events received from Redis.", self.events_received),

@@ -40,6 +40,7 @@ mod scripts;
 #[cfg(test)]
 mod tests;
 
+use crate::metrics::ClusterFigures;
 use crate::redis_url::RedisUrl;
 use envelope::{Kind, Tag};
 use link::random_u64;
@@ -213,23 +214,6 @@ pub(crate) enum Happening {
     },
 }
 
-/// Counters for `/metrics`.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct ClusterMetrics {
-    pub link_up: bool,
-    pub link_ups: u64,
-    pub link_failures: u64,
-    pub posts: u64,
-    pub events_received: u64,
-    pub gaps_detected: u64,
-    pub gaps_repaired: u64,
-    pub gaps_unrepaired: u64,
-    pub island_messages: u64,
-    pub bad_replies: u64,
-    pub commands: u64,
-    pub writes: u64,
-}
-
 /// Posts per script call at most.
 const POSTS_PER_CALL: usize = 128;
 
@@ -283,7 +267,8 @@ pub(crate) struct Cluster {
     island_tag_order: VecDeque<Tag>,
     island_leaves: Vec<(Rc<str>, u64)>,
     happenings: VecDeque<Happening>,
-    pub metrics: ClusterMetrics,
+    /// The link's state and counters, as `/metrics` shows them.
+    pub metrics: ClusterFigures,
 }
 
 impl Cluster {
@@ -330,7 +315,7 @@ impl Cluster {
             island_tag_order: VecDeque::new(),
             island_leaves: Vec::new(),
             happenings: VecDeque::new(),
-            metrics: ClusterMetrics::default(),
+            metrics: ClusterFigures::default(),
             settings,
         }
     }

@@ -83,7 +83,7 @@ mod linked {
     use crate::frame::{encode_frame, OpCode, MAX_HEADER_LEN};
     use crate::metrics::ClusterFigures;
     use crate::server::batches::RoomKind;
-    use crate::server::writes::{deliver, Outbox};
+    use crate::server::rooms::welcome;
     use log::info;
     use mio::net::TcpStream;
     use mio::{Interest, Token};
@@ -399,26 +399,9 @@ mod linked {
             };
             // What the room was sent before the newcomer came is not for it.
             self.queue_room_batch(RoomKind::Chat, room); // batches.rs
-            let Server {
-                chat,
-                connections,
-                pending,
-                metrics,
-                config,
-                batches,
-                ..
-            } = self;
+            let (chat, connections, mut outbox) = self.split_for_delivery();
             let joined = chat.admit(room, &member, online, people);
-            let mut outbox = Outbox {
-                pending,
-                metrics,
-                config,
-                batches,
-            };
-            deliver(connections, &mut outbox, key, &joined.welcome);
-            for old in joined.history {
-                deliver(connections, &mut outbox, key, old);
-            }
+            welcome(connections, &mut outbox, key, &joined);
         }
 
         fn event_from_cluster(
@@ -528,21 +511,7 @@ mod linked {
 
         /// The link's figures for `/metrics`.
         pub(in crate::server) fn cluster_figures(&self) -> Option<ClusterFigures> {
-            let m = &self.redis.as_ref()?.cluster.metrics;
-            Some(ClusterFigures {
-                link_up: m.link_up,
-                reconnects: m.link_ups.saturating_sub(1),
-                link_failures: m.link_failures,
-                posts: m.posts,
-                events_received: m.events_received,
-                gaps_detected: m.gaps_detected,
-                gaps_repaired: m.gaps_repaired,
-                gaps_unrepaired: m.gaps_unrepaired,
-                island_messages: m.island_messages,
-                bad_replies: m.bad_replies,
-                commands: m.commands,
-                writes: m.writes,
-            })
+            self.redis.as_ref().map(|link| link.cluster.metrics)
         }
     }
 }

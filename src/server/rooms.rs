@@ -16,9 +16,10 @@ use super::batches::RoomKind;
 use super::cluster::Post;
 use super::writes::{deliver, Outbox};
 use super::{unix_millis, Server};
-use crate::chat::{rename_json, text_frame, Member, SharedFrame};
-use crate::connection::Endpoint;
+use crate::chat::{rename_json, text_frame, Chat, Joined, Member, SharedFrame};
+use crate::connection::{Connection, Endpoint};
 use log::info;
+use slab::Slab;
 use std::rc::Rc;
 
 impl Server {
@@ -35,6 +36,17 @@ impl Server {
     pub(super) fn join_locally(&mut self, room: Rc<str>, member: Member, now_ms: u64) {
         // What the room was sent before the newcomer came is not for it.
         self.queue_room_batch(RoomKind::Chat, &room); // batches.rs
+        let (chat, connections, mut outbox) = self.split_for_delivery();
+        let joined = chat.join(&room, &member, now_ms);
+        welcome(connections, &mut outbox, member.key, &joined);
+        if let Some(notice) = joined.notice {
+            outbox.batches.push(RoomKind::Chat, &room, notice);
+        }
+    }
+
+    /// The chat, the connections and an outbox, borrowed apart, so that what
+    /// the chat answers can be queued on the connections.
+    pub(super) fn split_for_delivery(&mut self) -> (&mut Chat, &mut Slab<Connection>, Outbox<'_>) {
         let Server {
             chat,
             connections,
@@ -44,20 +56,13 @@ impl Server {
             batches,
             ..
         } = self;
-        let joined = chat.join(&room, &member, now_ms);
-        let mut outbox = Outbox {
+        let outbox = Outbox {
             pending,
             metrics,
             config,
             batches,
         };
-        deliver(connections, &mut outbox, member.key, &joined.welcome);
-        for old in joined.history {
-            deliver(connections, &mut outbox, member.key, old);
-        }
-        if let Some(notice) = joined.notice {
-            outbox.batches.push(RoomKind::Chat, &room, notice);
-        }
+        (chat, connections, outbox)
     }
 
     /// Adds connection `key` to relay room `room`.
@@ -166,5 +171,18 @@ impl Server {
         if let Some(notice) = self.chat.leave(&room, &member, unix_millis()) {
             self.batches.push(RoomKind::Chat, &room, notice);
         }
+    }
+}
+
+/// A newcomer's welcome, then the room's history, queued on it alone.
+pub(super) fn welcome(
+    connections: &mut Slab<Connection>,
+    outbox: &mut Outbox,
+    key: usize,
+    joined: &Joined,
+) {
+    deliver(connections, outbox, key, &joined.welcome);
+    for old in joined.history {
+        deliver(connections, outbox, key, old);
     }
 }
