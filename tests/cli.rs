@@ -258,3 +258,59 @@ fn an_address_in_use_hints_at_addr() {
     );
     drop(taken);
 }
+
+#[test]
+fn with_reuse_port_two_processes_listen_on_one_address_and_share_its_connections() {
+    // Each logs its connections to a file of its own.
+    let logs: Vec<std::path::PathBuf> = (0..2)
+        .map(|i| {
+            std::env::temp_dir().join(format!("loopchat-reuse-{}-{i}.log", std::process::id()))
+        })
+        .collect();
+    let start = |addr: &str, log: &std::path::Path| {
+        let stderr = std::fs::File::create(log).expect("log file");
+        let mut child = Running(
+            loopchat(&["--addr", addr, "--reuse-port", "--log-level", "info"])
+                .stdout(Stdio::piped())
+                .stderr(stderr)
+                .spawn()
+                .expect("spawn loopchat"),
+        );
+        let mut line = String::new();
+        let stdout = child.0.stdout.take().expect("piped stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the listening line");
+        (child, listening_addr(&line))
+    };
+    // The first takes a free port; the second binds the same one (without the
+    // flag it would exit 1: `an_address_in_use_hints_at_addr`).
+    let (first, addr) = start("127.0.0.1:0", &logs[0]);
+    let (second, same) = start(&addr.to_string(), &logs[1]);
+    assert_eq!(same, addr);
+    // The kernel spreads connections over both: each serves, and both get some
+    // of 64 (the chance that one gets none is 2^-63).
+    for _ in 0..64 {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        std::io::Write::write_all(
+            &mut stream,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut page = String::new();
+        stream.read_to_string(&mut page).expect("a response");
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    }
+    drop((first, second));
+    let served: Vec<usize> = logs
+        .iter()
+        .map(|log| {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let _ = std::fs::remove_file(log);
+            text.lines().filter(|l| l.ends_with("] connected")).count()
+        })
+        .collect();
+    assert_eq!(served.iter().sum::<usize>(), 64, "{served:?}");
+    assert!(served.iter().all(|&n| n > 0), "served {served:?}");
+}
