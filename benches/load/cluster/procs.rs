@@ -78,7 +78,7 @@ impl Redis {
                 "--loglevel",
                 "warning",
             ];
-            let mut cmd = match cpus {
+            let cmd = match cpus {
                 Some(list) => {
                     let mut c = Command::new("taskset");
                     c.arg("-c").arg(list).arg(binary).args(args);
@@ -90,13 +90,7 @@ impl Redis {
                     c
                 }
             };
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit());
-            die_with_parent(&mut cmd);
-            let child = cmd
-                .spawn()
-                .map_err(|e| format!("spawn {}: {e}", binary.display()))?;
+            let child = spawn_quiet(cmd, binary)?;
             let mut redis = Redis {
                 pid: child.id(),
                 child,
@@ -225,14 +219,8 @@ impl Node {
             // at 300 s none falls inside a group's measured windows.
             args.extend(["--redis", url, "--presence-ttl", "300s"].map(String::from));
         }
-        let mut cmd = command_on_cpu(&prog, &args, cpu);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", prog.display()))?;
+        let cmd = command_on_cpu(&prog, &args, cpu);
+        let child = spawn_quiet(cmd, &prog)?;
         let mut node = Node {
             pid: child.id(),
             child,
@@ -298,4 +286,15 @@ pub fn scrape(addr: SocketAddr) -> Result<HashMap<String, f64>, String> {
             Some((name.to_string(), value.parse().ok()?))
         })
         .collect())
+}
+
+/// Starts `cmd` with no stdin or stdout (its stderr is the bench's), to die
+/// with the bench.
+fn spawn_quiet(mut cmd: Command, program: &std::path::Path) -> Result<std::process::Child, String> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    die_with_parent(&mut cmd);
+    cmd.spawn()
+        .map_err(|e| format!("spawn {}: {e}", program.display()))
 }
