@@ -358,6 +358,19 @@ impl Cluster {
         }
     }
 
+    /// Whether bytes wait to be written to `conn`, or posts to be sent.
+    pub(crate) fn has_output(&self, conn: Conn) -> bool {
+        match conn {
+            Conn::Cmd => !self.cmd_out.is_empty() || !self.queued_posts.is_empty(),
+            Conn::Sub => !self.sub_out.is_empty(),
+        }
+    }
+
+    /// Whether the chat has something to do that the cluster said.
+    pub(crate) fn has_happenings(&self) -> bool {
+        !self.happenings.is_empty()
+    }
+
     /// Counts one write to Redis (for `/metrics`: commands per write).
     pub(crate) fn wrote(&mut self) {
         self.metrics.writes += 1;

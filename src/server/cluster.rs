@@ -101,6 +101,8 @@ mod linked {
     struct Socket {
         stream: TcpStream,
         connected: bool,
+        /// The last write stopped at `WouldBlock`: wait for writability.
+        blocked: bool,
     }
 
     /// The cluster and its sockets.
@@ -178,8 +180,22 @@ mod linked {
         }
 
         /// When the loop must wake for the link, if it has one.
+        /// When the loop must wake for the link: at once if the steps after
+        /// this iteration's Redis step queued commands (a slow reader's leave)
+        /// that a socket can take, or left the chat something to do.
         pub(in crate::server) fn redis_deadline(&self) -> Option<Instant> {
-            self.redis.as_ref().map(|l| l.cluster.next_deadline())
+            let link = self.redis.as_ref()?;
+            let ready = |socket: &Option<Socket>, conn| {
+                socket.as_ref().is_some_and(|s| s.connected && !s.blocked)
+                    && link.cluster.has_output(conn)
+            };
+            if link.cluster.has_happenings()
+                || ready(&link.cmd, Conn::Cmd)
+                || ready(&link.sub, Conn::Sub)
+            {
+                return Some(Instant::now());
+            }
+            Some(link.cluster.next_deadline())
         }
 
         /// A Redis socket is ready.
@@ -206,6 +222,7 @@ mod linked {
                 Ok(Socket {
                     stream,
                     connected: false,
+                    blocked: false,
                 })
             };
             match (open(REDIS_CMD), open(REDIS_SUB)) {
@@ -230,6 +247,7 @@ mod linked {
             let Some(socket) = link.socket(conn) else {
                 return;
             };
+            socket.blocked = false;
             if !socket.connected {
                 match socket.stream.take_error() {
                     Ok(None) if socket.stream.peer_addr().is_ok() => socket.connected = true,
@@ -295,7 +313,10 @@ mod linked {
                         break;
                     }
                     Ok(n) => written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        socket.blocked = true;
+                        break;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         failure = Some(format!("write: {e}"));
