@@ -61,26 +61,15 @@ impl Server {
     }
 }
 
-/// The payload of a frame the server encoded itself (unmasked, RFC 6455 §5.2).
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
-fn payload_of(frame: &[u8]) -> &[u8] {
-    let start = match frame.get(1).map(|b| b & 0x7f) {
-        Some(126) => 4,
-        Some(127) => 10,
-        _ => 2,
-    };
-    frame.get(start..).unwrap_or_default()
-}
-
 #[cfg(feature = "redis")]
 mod linked {
-    use super::{payload_of, Post, Server};
+    use super::{Post, Server};
     use crate::chat::{text_frame, Member, Notice, SharedFrame};
     use crate::cluster::envelope::Kind;
     use crate::cluster::{Cluster, Conn, Happening, Settings};
     use crate::config::Config;
     use crate::connection::Endpoint;
-    use crate::frame::{encode_frame, OpCode, MAX_HEADER_LEN};
+    use crate::frame::{encode_frame, server_opcode, server_payload, OpCode, MAX_HEADER_LEN};
     use crate::metrics::ClusterFigures;
     use crate::server::batches::RoomKind;
     use crate::server::rooms::welcome;
@@ -470,7 +459,7 @@ mod linked {
             let Some(link) = &mut self.redis else {
                 return false;
             };
-            let Ok(json) = std::str::from_utf8(payload_of(frame)) else {
+            let Ok(json) = std::str::from_utf8(server_payload(frame)) else {
                 return false;
             };
             let kind = match post {
@@ -486,8 +475,8 @@ mod linked {
             let Some(link) = &mut self.redis else {
                 return false;
             };
-            let binary = frame.first().is_some_and(|b| b & 0x0f == 0x2);
-            link.cluster.relay(room, binary, payload_of(frame))
+            let binary = server_opcode(frame) == Some(OpCode::Binary);
+            link.cluster.relay(room, binary, server_payload(frame))
         }
 
         pub(in crate::server) fn cluster_join_relay(&mut self, room: &str) {
