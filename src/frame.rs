@@ -295,6 +295,13 @@ pub fn encode_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// A whole unmasked, unfragmented server frame, in a buffer of its own.
+pub fn server_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame(&mut out, opcode, payload);
+    out
+}
+
 /// Appends a whole server frame whose payload is compressed (RSV1 set, RFC 7692
 /// §6: on the first and here only frame of a data message).
 pub fn encode_compressed_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {

@@ -80,9 +80,7 @@ pub(super) fn notice_frame(kind: &str, member: &Member, online: usize, now_ms: u
 
 /// Encodes a text frame once, into a buffer shared by all its recipients.
 pub fn text_frame(text: &str) -> SharedFrame {
-    let mut out = Vec::with_capacity(text.len() + frame::MAX_HEADER_LEN);
-    frame::encode_frame(&mut out, OpCode::Text, text.as_bytes());
-    out.into()
+    frame::server_frame(OpCode::Text, text.as_bytes()).into()
 }
 
 /// Appends `s` as a JSON string literal (RFC 8259 §7).

@@ -69,7 +69,7 @@ mod linked {
     use crate::cluster::{Cluster, Conn, Happening, Settings};
     use crate::config::Config;
     use crate::connection::Endpoint;
-    use crate::frame::{encode_frame, server_opcode, server_payload, OpCode, MAX_HEADER_LEN};
+    use crate::frame::{server_frame, server_opcode, server_payload, OpCode};
     use crate::metrics::ClusterFigures;
     use crate::server::batches::RoomKind;
     use crate::server::rooms::welcome;
@@ -380,8 +380,7 @@ mod linked {
                         payload,
                     } => {
                         let opcode = if binary { OpCode::Binary } else { OpCode::Text };
-                        let mut frame = Vec::with_capacity(payload.len() + MAX_HEADER_LEN);
-                        encode_frame(&mut frame, opcode, &payload);
+                        let frame = server_frame(opcode, &payload);
                         self.relay_locally(&room, frame.into());
                     }
                 }

@@ -262,8 +262,7 @@ fn on_message<'a>(
             })
         }
         Endpoint::Relay { room } => {
-            let mut frame = Vec::with_capacity(payload.len() + crate::frame::MAX_HEADER_LEN);
-            crate::frame::encode_frame(&mut frame, kind.opcode(), payload);
+            let frame = crate::frame::server_frame(kind.opcode(), payload);
             Taken::Next(Next::Relay(Rc::clone(room), frame.into()))
         }
         Endpoint::Chat { room, member, pace } => {
