@@ -133,12 +133,7 @@ impl ClusterFigures {
             ("cluster_commands_total", "Commands sent to Redis.", self.commands),
             ("cluster_writes_total", "Writes to Redis (commands per write: batching).", self.writes),
         ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP loopchat_{name} {help}\n# TYPE loopchat_{name} counter\nloopchat_{name} {value}"
-            );
-        }
+        render_counters(out, &counters);
     }
 }
 
@@ -327,12 +322,7 @@ impl Metrics {
                 self.compressed_frames_out,
             ),
         ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP loopchat_{name} {help}\n# TYPE loopchat_{name} counter\nloopchat_{name} {value}"
-            );
-        }
+        render_counters(&mut out, &counters);
         labelled_counter(
             &mut out,
             "closes_sent_total",
@@ -524,6 +514,16 @@ fn parse_boot_time(text: &str) -> Option<u64> {
 }
 
 /// Appends a counter family with one line per entry of `map`, labelled `label`.
+/// Appends counter families, each `(name, help, value)`.
+fn render_counters(out: &mut String, counters: &[(&str, &str, u64)]) {
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP loopchat_{name} {help}\n# TYPE loopchat_{name} counter\nloopchat_{name} {value}"
+        );
+    }
+}
+
 fn labelled_counter<K: std::fmt::Display>(
     out: &mut String,
     name: &str,
