@@ -100,25 +100,14 @@ fn split_host_port(text: &str) -> Result<(String, u16), String> {
     }
 }
 
-/// Percent-decoding (RFC 3986 §2.1), for passwords with reserved characters.
+/// Percent-decoding (RFC 3986 §2.1), for passwords with reserved characters:
+/// the request parser's decoder, refusing what it would keep as it is.
 fn decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or("a '%' in the user info is not followed by two hex digits")?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let (bytes, all_valid) = crate::http::decode_escapes(text, false);
+    if !all_valid {
+        return Err("a '%' in the user info is not followed by two hex digits".to_string());
     }
-    String::from_utf8(out).map_err(|_| "the user info is not UTF-8 once decoded".to_string())
+    String::from_utf8(bytes).map_err(|_| "the user info is not UTF-8 once decoded".to_string())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod response;
 mod route;
 mod static_files;
 
+pub(crate) use request::decode_escapes;
 pub use request::{parse_request, Request, RequestLimits};
 pub use response::Response;
 pub use route::{route, Route};

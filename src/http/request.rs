@@ -103,7 +103,7 @@ pub fn percent_decode(input: &str) -> String {
 
 /// Decodes `%XX` escapes (and `+` as a space if `plus_is_space`). Returns the
 /// bytes and whether every `%` began a valid escape (invalid ones are kept).
-pub(super) fn decode_escapes(input: &str, plus_is_space: bool) -> (Vec<u8>, bool) {
+pub(crate) fn decode_escapes(input: &str, plus_is_space: bool) -> (Vec<u8>, bool) {
     let bytes = input.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut all_valid = true;
