@@ -5,7 +5,7 @@
 //! count and the member list come from the cluster.
 
 use super::frames::welcome_frame;
-use super::{text_frame, Chat, ConnectionKey, Joined, Member, SharedFrame};
+use super::{text_frame, Chat, ConnectionKey, Joined, Member};
 use std::rc::Rc;
 
 /// What a cluster notice is about.
@@ -81,11 +81,8 @@ impl Chat {
 
     /// A message said before this node had the room: kept for newcomers.
     pub fn seed(&mut self, room_name: &Rc<str>, json: &str) {
-        if !self.rooms.contains_key(room_name) {
-            self.rooms.insert(Rc::clone(room_name), Default::default());
-        }
-        let frame: SharedFrame = text_frame(json);
-        self.publish(room_name, &frame);
+        self.rooms.entry(Rc::clone(room_name)).or_default();
+        self.publish(room_name, &text_frame(json));
     }
 
     /// Forgets a room this node has no member in any more: its history lives

@@ -77,19 +77,16 @@ impl Cluster {
         json: String,
     ) -> bool {
         let room = match self.rooms.get_key_value(room) {
-            Some((room, r)) if !matches!(r.state, RoomState::Island) => Rc::clone(room),
-            _ => Rc::from(room),
-        };
-        let linked = self
-            .rooms
-            .get(&room)
-            .is_some_and(|r| !matches!(r.state, RoomState::Island));
-        if !self.is_up() || !linked {
-            if kind == Kind::Message {
-                self.metrics.island_messages += 1;
+            Some((room, r)) if self.is_up() && !matches!(r.state, RoomState::Island) => {
+                Rc::clone(room)
             }
-            return false;
-        }
+            _ => {
+                if kind == Kind::Message {
+                    self.metrics.island_messages += 1;
+                }
+                return false;
+            }
+        };
         self.next_post += 1;
         let tag = Tag {
             node: self.node,
@@ -162,9 +159,6 @@ impl Cluster {
     /// Redis; `false`: the link is down, and the server announces it locally.
     /// A room left without members is unsubscribed and forgotten.
     pub(crate) fn leave(&mut self, room: &Rc<str>, id: u64) -> bool {
-        // What the member said before leaving goes first (and still goes if
-        // it was the room's last member here).
-        self.flush_posts();
         let Some(entry) = self.rooms.get_mut(room) else {
             return false;
         };
@@ -194,6 +188,7 @@ impl Cluster {
             }
             return false;
         }
+        // (`command` sends the member's posts still queued first.)
         self.send_leave(room, id);
         if emptied {
             self.command(Conn::Sub, &[b"UNSUBSCRIBE", channel(room).as_bytes()]);
