@@ -1,5 +1,7 @@
 //! Room batches: the frames sent to a room during one loop iteration, queued on
-//! each member once.
+//! each member once. A batch is whole frames one after another, which is a
+//! valid stream because frames of different messages are never interleaved
+//! (RFC 6455 §5.4); compressed frames keep RSV1 on each (RFC 7692 §6).
 //!
 //! A chat message (`Server::broadcast`), a relayed message (`Server::relay`) and
 //! every notice to a room (join, leave, rename, presence) only append their frame

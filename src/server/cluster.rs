@@ -1,4 +1,5 @@
-//! The cluster link in the loop (`--redis`): the two sockets to Redis, read on
+//! The cluster link in the loop (`--redis`): the two sockets to Redis (RESP2,
+//! the Redis serialization protocol, over TCP), read on
 //! readiness like any connection, written once per iteration with everything
 //! the iteration queued (the batching that keeps Redis's CPU per message low),
 //! and what the cluster (`crate::cluster`, sans-IO) says the chat must do,
