@@ -365,14 +365,11 @@ impl Fleet {
         let client = &mut self.clients[i];
         client.input.extend_from_slice(bytes);
         if client.state == State::Upgrading {
-            let Some(end) = client.input.windows(4).position(|w| w == b"\r\n\r\n") else {
-                return;
-            };
-            if !client.input.starts_with(b"HTTP/1.1 101") {
-                let head = String::from_utf8_lossy(&client.input[..end]).into_owned();
-                return self.fail(i, format!("upgrade refused: {head}"));
+            match take_upgrade_response(&mut client.input) {
+                None => return,
+                Some(Err(head)) => return self.fail(i, format!("upgrade refused: {head}")),
+                Some(Ok(())) => {}
             }
-            client.input.drain(..end + 4);
             client.state = State::Open;
             self.counts.upgrading -= 1;
             self.counts.open += 1;

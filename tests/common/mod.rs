@@ -272,6 +272,18 @@ pub fn upgrade_request(path: &str, extra: &str) -> String {
     )
 }
 
+/// The server's answer to an upgrade at the front of `input`, as a raw client
+/// reads it: `None` until the head is whole; then the head is taken out of
+/// `input`, and it is `Ok` for 101 Switching Protocols, else `Err(head)`.
+pub fn take_upgrade_response(input: &mut Vec<u8>) -> Option<Result<(), String>> {
+    let end = input.windows(4).position(|w| w == b"\r\n\r\n")?;
+    if !input.starts_with(b"HTTP/1.1 101") {
+        return Some(Err(String::from_utf8_lossy(&input[..end]).into_owned()));
+    }
+    input.drain(..end + 4);
+    Some(Ok(()))
+}
+
 /// Parses one unmasked server frame at the start of `buf`.
 pub fn parse_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
     let (opcode, payload, len) = server_frame_bounds(buf)?;
