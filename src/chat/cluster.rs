@@ -5,7 +5,7 @@
 //! count and the member list come from the cluster.
 
 use super::frames::welcome_frame;
-use super::{text_frame, Chat, ConnectionKey, Joined, Member};
+use super::{Chat, ConnectionKey, Joined, Member, SharedFrame};
 use std::rc::Rc;
 
 /// What a cluster notice is about.
@@ -80,9 +80,9 @@ impl Chat {
     }
 
     /// A message said before this node had the room: kept for newcomers.
-    pub fn seed(&mut self, room_name: &Rc<str>, json: &str) {
+    pub fn seed(&mut self, room_name: &Rc<str>, frame: &SharedFrame) {
         self.rooms.entry(Rc::clone(room_name)).or_default();
-        self.publish(room_name, &text_frame(json));
+        self.publish(room_name, frame);
     }
 
     /// Forgets a room this node has no member in any more: its history lives

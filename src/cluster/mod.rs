@@ -40,6 +40,7 @@ mod scripts;
 #[cfg(test)]
 mod tests;
 
+use crate::chat::{text_frame, SharedFrame};
 use crate::metrics::ClusterFigures;
 use crate::redis_url::RedisUrl;
 use envelope::{Kind, Tag};
@@ -187,17 +188,18 @@ pub(crate) enum Happening {
         online: usize,
         people: Option<Vec<(u64, Rc<str>)>>,
     },
-    /// A room event for every local member, in the room's order.
+    /// A room event for every local member, in the room's order: its JSON
+    /// framed once here, for all of them.
     Event {
         room: Rc<str>,
         kind: Kind,
         id: u64,
         name: Rc<str>,
         online: usize,
-        json: String,
+        frame: SharedFrame,
     },
     /// A message from before this node had the room: history for newcomers.
-    Seed { room: Rc<str>, json: String },
+    Seed { room: Rc<str>, frame: SharedFrame },
     /// The link is down: these joins complete locally, these posts are
     /// delivered locally, and the rooms count their members locally.
     Island {

@@ -402,7 +402,7 @@ impl Cluster {
                 if let (true, Ok(e)) = (from_history, envelope::parse(&bytes)) {
                     self.happenings.push_back(Happening::Seed {
                         room: Rc::clone(room),
-                        json: e.json.to_string(),
+                        frame: text_frame(e.json),
                     });
                 }
             } else if let Ok(e) = envelope::parse(&bytes) {
@@ -574,7 +574,7 @@ impl Cluster {
             id: e.id,
             name,
             online,
-            json: e.json.to_string(),
+            frame: text_frame(e.json),
         });
     }
 }

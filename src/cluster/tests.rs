@@ -246,9 +246,12 @@ fn describe(h: &Happening) -> String {
             id,
             name,
             online,
-            json,
-        } => format!("event {room} {kind:?} {id} {name} online {online} {json}"),
-        Happening::Seed { room, json } => format!("seed {room} {json}"),
+            frame,
+        } => format!(
+            "event {room} {kind:?} {id} {name} online {online} {}",
+            text_of(frame)
+        ),
+        Happening::Seed { room, frame } => format!("seed {room} {}", text_of(frame)),
         Happening::Island { joins, posts } => format!("island joins {joins:?} posts {posts:?}"),
         Happening::Forget { room } => format!("forget {room}"),
         Happening::Relay {
@@ -257,6 +260,11 @@ fn describe(h: &Happening) -> String {
             payload,
         } => format!("relay {room} binary {binary} {payload:?}"),
     }
+}
+
+/// The text of a frame the node made (what its clients get).
+fn text_of(frame: &[u8]) -> &str {
+    std::str::from_utf8(crate::frame::server_payload(frame)).expect("a text frame")
 }
 
 fn welcome(room: &str, key: usize, online: usize, people: &[(u64, &str)]) -> String {
@@ -1798,8 +1806,8 @@ proptest! {
         let take = |n: &mut Node, delivered: &mut Vec<u64>, redis: &FakeRedis| {
             for h in n.happenings() {
                 match h {
-                    Happening::Event { kind: Kind::Message, json, .. } => {
-                        delivered.push(redis.seq_of[&json]);
+                    Happening::Event { kind: Kind::Message, frame, .. } => {
+                        delivered.push(redis.seq_of[text_of(&frame)]);
                     }
                     other => panic!("{}", describe(&other)),
                 }

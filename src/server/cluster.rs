@@ -360,9 +360,9 @@ mod linked {
                         id,
                         name,
                         online,
-                        json,
-                    } => self.event_from_cluster(&room, kind, (id, &name), online, &json),
-                    Happening::Seed { room, json } => self.chat.seed(&room, &json),
+                        frame,
+                    } => self.event_from_cluster(&room, kind, (id, &name), online, frame),
+                    Happening::Seed { room, frame } => self.chat.seed(&room, &frame),
                     Happening::Island { joins, posts } => {
                         self.chat.count_locally();
                         for (room, key) in joins {
@@ -420,9 +420,8 @@ mod linked {
             kind: Kind,
             who: (u64, &Rc<str>),
             online: usize,
-            json: &str,
+            frame: SharedFrame,
         ) {
-            let frame = text_frame(json);
             let notice = match kind {
                 Kind::Message => return self.broadcast_locally(room, frame),
                 Kind::Join => Notice::Join,
